@@ -5,23 +5,23 @@
 # %% auto #0
 __all__ = ['LOGVAR_RANGE', 'LOG_2PI', 'sum_nonbatch', 'DiagonalGaussianDistribution']
 
-# %% ../nbs/00_distributions.ipynb #3487ec97
+# %% ../nbs/00_distributions.ipynb #b56ca595
 import math
 from typing import Optional
 import torch
 from torch import Tensor
 from fastcore.basics import patch
 
-# %% ../nbs/00_distributions.ipynb #633b6b53
+# %% ../nbs/00_distributions.ipynb #4d9e3c00
 LOGVAR_RANGE = (-30.0, 20.0)  # `logvar` is clamped to this range: σ from 3e-7 to 2.2e4
 
-# %% ../nbs/00_distributions.ipynb #adcd7a00
+# %% ../nbs/00_distributions.ipynb #fd980771
 def sum_nonbatch(t:Tensor, # per-coordinate values, shape (B, ...)
                 ) -> Tensor: # per-example sums, shape (B,)
     "Sum `t` over all dimensions but the first."
     return t.flatten(1).sum(1) if t.ndim > 1 else t
 
-# %% ../nbs/00_distributions.ipynb #a2c3e1cd
+# %% ../nbs/00_distributions.ipynb #68792394
 def _check_param(name, t, ref=None):
     "Raise `ValueError` unless `t` is a floating tensor of rank >= 1 (with the shape of `ref` when given)."
     if not isinstance(t, Tensor): raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
@@ -30,7 +30,7 @@ def _check_param(name, t, ref=None):
     if ref is not None and t.shape != ref.shape:
         raise ValueError(f"{name}: expected shape {tuple(ref.shape)} (the mean's), got {tuple(t.shape)}")
 
-# %% ../nbs/00_distributions.ipynb #a3163139
+# %% ../nbs/00_distributions.ipynb #2760cb7e
 class DiagonalGaussianDistribution:
     "N(`mean`, diag(exp(`logvar`))) over tensors of shape (B, ...); `logvar=None` means identity covariance."
     def __init__(self,
@@ -47,7 +47,7 @@ class DiagonalGaussianDistribution:
 
     def __repr__(self): return f"{type(self).__name__}(shape={tuple(self.mean.shape)}, dtype={self.mean.dtype})"
 
-# %% ../nbs/00_distributions.ipynb #5f05ae7f
+# %% ../nbs/00_distributions.ipynb #9898031c
 @patch
 def sample(self:DiagonalGaussianDistribution,
             noise:Optional[Tensor]=None, # ε with the shape of `mean`; drawn from N(0, I) when None
@@ -60,16 +60,16 @@ def sample(self:DiagonalGaussianDistribution,
         raise ValueError(f"noise: expected shape {tuple(self.mean.shape)} (the mean's), got {tuple(noise.shape)}")
     return self.mean + self.std * noise
 
-# %% ../nbs/00_distributions.ipynb #0015a42a
+# %% ../nbs/00_distributions.ipynb #27a52daf
 @patch
 def kl(self:DiagonalGaussianDistribution) -> Tensor: # KL per example, shape (B,)
     "KL[N(μ, Σ) ‖ N(0, I)] per example, summed over all non-batch dims."
     return 0.5 * sum_nonbatch(self.mean.pow(2) + self.var - 1.0 - self.logvar)
 
-# %% ../nbs/00_distributions.ipynb #d3e182d3
+# %% ../nbs/00_distributions.ipynb #87deb17a
 LOG_2PI = math.log(2 * math.pi)
 
-# %% ../nbs/00_distributions.ipynb #873ce046
+# %% ../nbs/00_distributions.ipynb #6d5f6bc5
 @patch
 def nll(self:DiagonalGaussianDistribution,
          x:Tensor, # points, same shape as `mean`
@@ -79,7 +79,7 @@ def nll(self:DiagonalGaussianDistribution,
         raise ValueError(f"x: expected a tensor of shape {tuple(self.mean.shape)} (the mean's), got {getattr(x, 'shape', type(x).__name__)}")
     return 0.5 * sum_nonbatch(LOG_2PI + self.logvar + (x - self.mean).pow(2) / self.var)
 
-# %% ../nbs/00_distributions.ipynb #5b333c71
+# %% ../nbs/00_distributions.ipynb #a2d81a26
 @patch
 def mode(self:DiagonalGaussianDistribution) -> Tensor: # μ, shape of `mean`
     "The most likely point, μ."
