@@ -6,8 +6,8 @@
 __all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'resolve_device', 'evaluate', 'NonFiniteLossError', 'train_epoch',
            'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'load_model', 'fit']
 
-# %% ../nbs/03_train.ipynb #66c5bc63
-import contextlib, math, os, pickle, sys, time, uuid, warnings
+# %% ../nbs/03_train.ipynb #55191c59
+import contextlib, math, os, pickle, re, sys, time, uuid, warnings
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 import torch
@@ -15,7 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from .model import VAE, _positive_int
 
-# %% ../nbs/03_train.ipynb #e9bf2f23
+# %% ../nbs/03_train.ipynb #01b461d1
 def resolve_device(device:Union[str, torch.device]='auto', # 'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', or a torch.device
                   ) -> torch.device:
     "The `torch.device` that `device` names."
@@ -28,7 +28,7 @@ def resolve_device(device:Union[str, torch.device]='auto', # 'auto' (CUDA when a
         raise ValueError(f"device: {device!r} was asked for, but PyTorch sees no CUDA GPU; use 'cpu' or 'auto'")
     return d
 
-# %% ../nbs/03_train.ipynb #83f01ac7
+# %% ../nbs/03_train.ipynb #a505549e
 def _images(batch) -> Tensor:
     "The images of a batch: `x` itself, or the first item of an `(x, y)` pair."
     x = batch[0] if isinstance(batch, (tuple, list)) and len(batch) > 0 else batch
@@ -37,7 +37,7 @@ def _images(batch) -> Tensor:
                          + (f" of {type(x).__name__}" if x is not batch else ''))
     return x
 
-# %% ../nbs/03_train.ipynb #446a587f
+# %% ../nbs/03_train.ipynb #7982e9bd
 def _set_epoch(dl, # a loader, with or without `set_epoch`
                epoch:int, # the epoch about to start, from 0
               ):
@@ -45,13 +45,13 @@ def _set_epoch(dl, # a loader, with or without `set_epoch`
     for o in (dl, getattr(dl, 'sampler', None)):
         if callable(getattr(o, 'set_epoch', None)): return o.set_epoch(epoch)
 
-# %% ../nbs/03_train.ipynb #469dea75
+# %% ../nbs/03_train.ipynb #45360a4d
 def _n_batches(dl) -> Optional[int]:
     "`len(dl)` when the loader knows it (for the progress bar), else None."
     try: return len(dl)
     except TypeError: return None
 
-# %% ../nbs/03_train.ipynb #db3a5e6a
+# %% ../nbs/03_train.ipynb #7b5989e0
 @contextlib.contextmanager
 def _seeded(seed:int, # seed for torch's global generators inside the block
             device:torch.device, # a CUDA device's generator is forked too
@@ -61,7 +61,7 @@ def _seeded(seed:int, # seed for torch's global generators inside the block
         torch.manual_seed(seed)
         yield
 
-# %% ../nbs/03_train.ipynb #d3f1b0de
+# %% ../nbs/03_train.ipynb #b64c17b7
 @torch.no_grad()
 def evaluate(model:VAE, # the model, on its device
              dl:Iterable, # batches of images x, or pairs (x, y)
@@ -92,7 +92,7 @@ def evaluate(model:VAE, # the model, on its device
     res = dict(zip(['nll', 'kl', 'elbo', 'log_likelihood'], (sums / count).tolist()), n=count)
     return res if K is None else {**res, 'k': K}
 
-# %% ../nbs/03_train.ipynb #67a57751
+# %% ../nbs/03_train.ipynb #99d5e651
 class NonFiniteLossError(FloatingPointError):
     "The training loss became NaN or infinite at `epoch`, `step` (both from 1)."
     def __init__(self, epoch:int, step:int):
@@ -100,7 +100,7 @@ class NonFiniteLossError(FloatingPointError):
         super().__init__(f"non-finite loss (NaN or inf) at epoch {epoch}, step {step}: lower the learning rate or "
                          "look for NaN/inf in the data; the weights in memory are corrupted, the last checkpoint is not")
 
-# %% ../nbs/03_train.ipynb #2ee28948
+# %% ../nbs/03_train.ipynb #533ae7b6
 def _check_finite(sums:list, # per-step tensors (2,): Σ nll and Σ kl of a batch
                   first_step:int, # step number of sums[0]
                   epoch:int, # for the message
@@ -109,7 +109,7 @@ def _check_finite(sums:list, # per-step tensors (2,): Σ nll and Σ kl of a batc
     bad = (~torch.isfinite(torch.stack(sums)).all(1)).nonzero()   # (n_bad, 1)
     if len(bad): raise NonFiniteLossError(epoch, first_step + bad[0, 0].item())
 
-# %% ../nbs/03_train.ipynb #df706d18
+# %% ../nbs/03_train.ipynb #27cac062
 def train_epoch(model:VAE, # the model, on its device; trained in place
                 dl:Iterable, # batches of images x, or pairs (x, y)
                 opt:torch.optim.Optimizer, # optimiser over the model's parameters
@@ -139,13 +139,13 @@ def train_epoch(model:VAE, # the model, on its device; trained in place
     nll, kl = (torch.stack(sums).sum(0) / n).tolist()
     return dict(loss=nll + kl, nll=nll, kl=kl, n=n)
 
-# %% ../nbs/03_train.ipynb #cd706d28
+# %% ../nbs/03_train.ipynb #1422dd25
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = 'vae_nb.checkpoint', 1
 
 class CheckpointError(ValueError):
     "A file that is not a readable vae_nb checkpoint, or does not fit the model."
 
-# %% ../nbs/03_train.ipynb #5f39aee3
+# %% ../nbs/03_train.ipynb #254dafb5
 def _check_plain(v, name:str='meta'):
     "Raise `ValueError` unless `v` is a tensor or plain data that `torch.load(weights_only=True)` can read back."
     if isinstance(v, (Tensor, str, int, float, bool, type(None))): return
@@ -157,7 +157,7 @@ def _check_plain(v, name:str='meta'):
             _check_plain(o, f"{name}[{k!r}]")
     else: raise ValueError(f"{name}: expected tensors and plain data (dict, list, str, int, float, bool, None), got {type(v).__name__}")
 
-# %% ../nbs/03_train.ipynb #45c909ac
+# %% ../nbs/03_train.ipynb #1972fac7
 def _fsync_dir(folder:Path):
     "Make a rename inside `folder` durable (POSIX); a no-op where folders cannot be opened."
     try: fd = os.open(folder, os.O_RDONLY)
@@ -181,7 +181,7 @@ def _atomic_save(obj, # what to `torch.save`
         raise
     _fsync_dir(path.parent)
 
-# %% ../nbs/03_train.ipynb #3cd9a13b
+# %% ../nbs/03_train.ipynb #c372f160
 def _rng_state() -> dict:
     "torch's global random state: the CPU generator's and every CUDA device's."
     return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
@@ -191,7 +191,7 @@ def _set_rng_state(state:dict):
     torch.set_rng_state(state['torch'])
     if state['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'][:torch.cuda.device_count()])
 
-# %% ../nbs/03_train.ipynb #98abc680
+# %% ../nbs/03_train.ipynb #94a91763
 def save_checkpoint(path:Union[str, os.PathLike], # file to write (atomically); its folder is created
                     model:VAE, # the model whose weights and config are saved
                     optimizer:Optional[torch.optim.Optimizer]=None, # its state too, needed to resume training
@@ -211,15 +211,16 @@ def save_checkpoint(path:Union[str, os.PathLike], # file to write (atomically); 
     _atomic_save(state, path)
     return path
 
-# %% ../nbs/03_train.ipynb #b208e2ae
+# %% ../nbs/03_train.ipynb #41c1ef2a
 _FIELDS = dict(config=dict, custom_networks=bool, model=dict, epoch=int, history=list, rng=dict, meta=dict)
 
 def _why_unreadable(e:Exception) -> str:
-    "A one-line reason for a `torch.load` failure."
-    if isinstance(e, pickle.UnpicklingError) and 'eights only' in str(e):
-        return "it holds Python objects that loading would have to execute, not just tensors and plain data: refused"
-    lines = str(e).strip().splitlines()
-    return f"truncated, corrupted or not a torch checkpoint ({type(e).__name__}{': ' + lines[0][:120] if lines else ''})"
+    "A one-line reason for a `torch.load(weights_only=True)` failure."
+    code = re.search(r"GLOBAL (\S+) was not an allowed global", str(e))
+    if code: return f"it refers to Python code ({code[1]}) that loading would have to run: refused"
+    if isinstance(e, pickle.UnpicklingError): first = 'not a pickle of tensors and plain data'
+    else: first = (str(e).strip().splitlines() or [''])[0].split('. ')[0][:120]   # torch's first sentence
+    return f"truncated, corrupted or not a torch checkpoint ({type(e).__name__}{': ' + first if first else ''})"
 
 def load_checkpoint(path:Union[str, os.PathLike], # a file written by `save_checkpoint`
                     map_location:Union[str, torch.device]='cpu', # where tensors go, as for `torch.load`
@@ -243,7 +244,7 @@ def load_checkpoint(path:Union[str, os.PathLike], # a file written by `save_chec
             raise CheckpointError(f"{path}: damaged checkpoint: expected {k!r} to be a {t.__name__}, got {type(ckpt.get(k)).__name__}")
     return ckpt
 
-# %% ../nbs/03_train.ipynb #1d79005f
+# %% ../nbs/03_train.ipynb #8e22c294
 def _load_weights(model:VAE, ckpt:dict, path):
     "Copy the checkpoint's weights into `model`, after checking that they fit it."
     if not model.custom_networks and not ckpt['custom_networks'] and model.config != ckpt['config']:
@@ -254,7 +255,7 @@ def _load_weights(model:VAE, ckpt:dict, path):
     except RuntimeError as e:
         raise CheckpointError(f"{path}: the weights do not fit this model: {str(e).strip().splitlines()[-1].strip()[:200]}") from None
 
-# %% ../nbs/03_train.ipynb #4e5148c9
+# %% ../nbs/03_train.ipynb #a8ec56a2
 def load_model(path:Union[str, os.PathLike], # a file written by `save_checkpoint`
                device:Union[str, torch.device]='cpu', # where the model goes: 'cpu', 'cuda', 'auto', ...
                model:Optional[VAE]=None, # a model to load into; required when the checkpoint's had custom networks
@@ -269,7 +270,7 @@ def load_model(path:Union[str, os.PathLike], # a file written by `save_checkpoin
     _load_weights(model, ckpt, path)
     return model.to(resolve_device(device)).eval()
 
-# %% ../nbs/03_train.ipynb #725655ef
+# %% ../nbs/03_train.ipynb #2ba2eada
 def _check_fit_args(model, epochs, lr, sync_every, checkpoint, resume):
     "Raise `ValueError` for arguments `fit` cannot use."
     if not isinstance(model, VAE): raise ValueError(f"model: expected a vae_nb VAE, got {type(model).__name__}")
@@ -281,7 +282,7 @@ def _check_fit_args(model, epochs, lr, sync_every, checkpoint, resume):
             raise ValueError(f"{name}: expected a file path or None, got {type(v).__name__}")
     if resume is True and checkpoint is None: raise ValueError("resume=True: expected a `checkpoint` path to resume from, got None")
 
-# %% ../nbs/03_train.ipynb #50a1b76b
+# %% ../nbs/03_train.ipynb #3fe2ce1e
 def _resume(model:VAE, opt:torch.optim.Optimizer, path, lr:float) -> tuple:
     "Load weights, optimiser and random state from checkpoint `path`; return (history, epochs completed)."
     ckpt = load_checkpoint(path)     # on the CPU: random states must stay there; load_state_dict moves the rest
@@ -293,7 +294,7 @@ def _resume(model:VAE, opt:torch.optim.Optimizer, path, lr:float) -> tuple:
     _set_rng_state(ckpt['rng'])
     return list(ckpt['history']), ckpt['epoch']
 
-# %% ../nbs/03_train.ipynb #1b29a93d
+# %% ../nbs/03_train.ipynb #2c0f4070
 def _train_and_score(model, train_dl, valid_dl, opt, epoch:int, epochs:int, progress:bool, sync_every:int) -> dict:
     "One epoch: set the loader's epoch, train, score the validation set; its history record."
     t0 = time.perf_counter()
@@ -306,7 +307,7 @@ def _train_and_score(model, train_dl, valid_dl, opt, epoch:int, epochs:int, prog
         pbar.set_postfix({k: f"{v:.1f}" for k, v in rec.items() if k != 'epoch'})
     return dict(rec, seconds=time.perf_counter() - t0)
 
-# %% ../nbs/03_train.ipynb #10678609
+# %% ../nbs/03_train.ipynb #3d9c58d6
 def fit(model:VAE, # the model; trained in place, and moved to `device`
         train_dl:Iterable, # batches of images x (B, C, S, S) in [-1, 1], or pairs (x, y); `set_epoch` is called when it has one
         valid_dl:Optional[Iterable]=None, # batches for the validation ELBO after each epoch
@@ -343,6 +344,6 @@ def fit(model:VAE, # the model; trained in place, and moved to `device`
                 with _seeded(epoch, model._param().device): on_epoch_end(model, history)
     except KeyboardInterrupt:
         if ckpt and saved != done: save()
-        where = f"; {ckpt} holds epoch {done}: pass resume= it to continue" if ckpt else '; no checkpoint was asked for'
+        where = f"; {ckpt} holds epoch {done} (continue with resume='{ckpt}')" if ckpt else '; no checkpoint was asked for'
         print(f"fit: interrupted during epoch {done + 1} of {epochs}{where}", file=sys.stderr)
     return history
