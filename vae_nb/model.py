@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['down_block', 'up_block', 'conv_encoder', 'conv_decoder', 'VAEOutput', 'VAE']
 
-# %% ../nbs/01_model.ipynb #f2b1e478
+# %% ../nbs/01_model.ipynb #6da74125
 import math
 from typing import NamedTuple, Optional
 import torch
@@ -13,7 +13,7 @@ from torch import nn, Tensor
 from fastcore.basics import patch
 from .distributions import DiagonalGaussianDistribution, LOG_2PI
 
-# %% ../nbs/01_model.ipynb #d82c4002
+# %% ../nbs/01_model.ipynb #8d71b100
 def down_block(c_in:int, c_out:int) -> nn.Sequential:
     "A stride-2 4×4 convolution and a LeakyReLU: halves the image side."
     return nn.Sequential(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.LeakyReLU(0.2))
@@ -22,7 +22,7 @@ def up_block(c_in:int, c_out:int) -> nn.Sequential:
     "Nearest-neighbour 2× upsampling, a 3×3 convolution and a LeakyReLU: doubles the image side."
     return nn.Sequential(nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(c_in, c_out, 3, padding=1), nn.LeakyReLU(0.2))
 
-# %% ../nbs/01_model.ipynb #943523af
+# %% ../nbs/01_model.ipynb #47182df6
 def conv_encoder(in_channels:int, # image channels C
                  input_size:int, # image side S, divisible by 16
                  z_dim:int, # latent width
@@ -34,7 +34,7 @@ def conv_encoder(in_channels:int, # image channels C
     return nn.Sequential(*[down_block(a, b) for a, b in zip(chans, chans[1:])],
                          nn.Flatten(), nn.Linear(chans[-1] * side * side, 2 * z_dim))
 
-# %% ../nbs/01_model.ipynb #4ae77ef3
+# %% ../nbs/01_model.ipynb #e4adf5b3
 def conv_decoder(out_channels:int, # image channels C
                  input_size:int, # image side S, divisible by 16
                  z_dim:int, # latent width
@@ -48,14 +48,14 @@ def conv_decoder(out_channels:int, # image channels C
                          *[up_block(a, b) for a, b in zip(chans, chans[1:])],
                          nn.Conv2d(chans[-1], out_channels, 3, padding=1))
 
-# %% ../nbs/01_model.ipynb #c9874f2b
+# %% ../nbs/01_model.ipynb #ff184f12
 def _positive_int(name, v, minimum=1):
     "Raise `ValueError` unless `v` is an int >= `minimum`."
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {v!r}")
     return v
 
-# %% ../nbs/01_model.ipynb #e38d1667
+# %% ../nbs/01_model.ipynb #e103b1a8
 def _check_tensor(name, t, shape, like:Optional[Tensor]=None, hint=''):
     "Raise `ValueError` unless `t` is a finite floating tensor of `shape` (None = any size) on the dtype/device of `like`."
     if not isinstance(t, Tensor): raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
@@ -68,14 +68,14 @@ def _check_tensor(name, t, shape, like:Optional[Tensor]=None, hint=''):
         raise ValueError(f"{name}: expected dtype {like.dtype} on {like.device} (the model's), got {t.dtype} on {t.device}")
     if not torch.isfinite(t).all(): raise ValueError(f"{name}: expected finite values, got NaN or inf")
 
-# %% ../nbs/01_model.ipynb #4324958f
+# %% ../nbs/01_model.ipynb #29d57029
 class VAEOutput(NamedTuple):
     "What `VAE.forward` returns; unpacks as `(reconstruction, nll, kl)`."
     reconstruction:Tensor # mode of p(x|z) for z ~ q(z|x), shape (B, C, S, S)
     nll:Tensor # −log p(x|z) per example, shape (B,)
     kl:Tensor # KL[q(z|x) ‖ p(z)] per example, shape (B,)
 
-# %% ../nbs/01_model.ipynb #07be7765
+# %% ../nbs/01_model.ipynb #cea3a8d2
 class VAE(nn.Module):
     "Variational autoencoder with posterior N(μφ(x), diag σ²φ(x)), prior N(0, I) and likelihood N(μθ(z), I)."
     def __init__(self,
@@ -100,7 +100,7 @@ class VAE(nn.Module):
         self.encoder = conv_encoder(in_channels, input_size, z_dim, encoder_features) if encoder is None else encoder
         self.decoder = conv_decoder(in_channels, input_size, z_dim, decoder_features) if decoder is None else decoder
 
-# %% ../nbs/01_model.ipynb #902440e3
+# %% ../nbs/01_model.ipynb #4b09ff33
 @patch
 def _param(self:VAE) -> Optional[Tensor]:
     "Any parameter of the model (for its dtype and device), or None if it has none."
@@ -114,7 +114,7 @@ def check_images(self:VAE,
     _check_tensor('x', x, (None, self.in_channels, self.input_size, self.input_size), self._param(),
                   hint=' of images in [-1, 1] (for uint8 pixels use x.float() / 127.5 - 1)')
 
-# %% ../nbs/01_model.ipynb #479d0fbe
+# %% ../nbs/01_model.ipynb #0d4b91e3
 @patch
 def _encode(self:VAE, x:Tensor) -> DiagonalGaussianDistribution:
     "`encode` without input checks."
@@ -132,7 +132,7 @@ def encode(self:VAE,
     self.check_images(x)
     return self._encode(x)
 
-# %% ../nbs/01_model.ipynb #8063522f
+# %% ../nbs/01_model.ipynb #5435d339
 @patch
 def _decode(self:VAE, z:Tensor) -> Tensor:
     "`decode` without input checks."
@@ -146,7 +146,7 @@ def decode(self:VAE,
     _check_tensor('z', z, (None, self.z_dim), self._param())
     return self._decode(z)
 
-# %% ../nbs/01_model.ipynb #ae538e99
+# %% ../nbs/01_model.ipynb #93246588
 @patch
 @torch.no_grad()
 def sample(self:VAE,
@@ -160,7 +160,7 @@ def sample(self:VAE,
                     dtype=p.dtype if p is not None else None, device=p.device if p is not None else None)
     return self._decode(z)
 
-# %% ../nbs/01_model.ipynb #00b9fc7b
+# %% ../nbs/01_model.ipynb #e51b76c1
 @patch
 def _forward(self:VAE, x:Tensor) -> VAEOutput:
     "`forward` without input checks."
@@ -178,7 +178,7 @@ def forward(self:VAE,
     self.check_images(x)
     return self._forward(x)
 
-# %% ../nbs/01_model.ipynb #2d1818dc
+# %% ../nbs/01_model.ipynb #756fb0ac
 @patch
 def elbo(self:VAE,
          x:Tensor, # images, shape (B, C, S, S), floating point in [-1, 1]
@@ -187,22 +187,22 @@ def elbo(self:VAE,
     _, nll, kl = self(x)
     return -(nll + kl)
 
-# %% ../nbs/01_model.ipynb #f7b6c0c6
+# %% ../nbs/01_model.ipynb #1b21b9c9
 def _log_density(mean, logvar, v):
     "log N(v | mean, diag exp(logvar)) per row, for (N, ...) tensors."
     return -DiagonalGaussianDistribution(mean, logvar).nll(v)
 
-def _default_chunk(batch_size:int, K:int, budget:int=1024) -> int:
+def _default_chunk(batch_size:int, K:int, budget:int=256) -> int:
     "Samples per chunk so that one decoder call sees about `budget` latents."
     return max(1, min(K, budget // max(batch_size, 1)))
 
-# %% ../nbs/01_model.ipynb #ae3e32e5
+# %% ../nbs/01_model.ipynb #ad185314
 @patch
 @torch.no_grad()
 def log_likelihood(self:VAE,
                    x:Tensor, # images, shape (B, C, S, S), floating point in [-1, 1]
                    K:int=100, # importance samples per example
-                   chunk_size:Optional[int]=None, # samples per example decoded at once; default: about 1024 latents per decoder call
+                   chunk_size:Optional[int]=None, # samples per example decoded at once; default: about 256 latents per decoder call (fastest on CPU, see BENCHMARKS.md)
                    noise:Optional[Tensor]=None, # ε for z_k = μ + σ·ε, shape (K, B, z_dim); drawn from N(0, I) when None
                    generator:Optional[torch.Generator]=None, # random generator for ε when `noise` is None
                   ) -> Tensor: # estimate of log p(x) in nats per example, shape (B,)
