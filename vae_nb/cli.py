@@ -108,10 +108,6 @@ def _prepare(model:VAE, device:torch.device) -> VAE:
     "Move `model` to `device` in the channels_last layout, which is faster for its narrow convolutions."
     return model.to(device=device, memory_format=torch.channels_last)
 
-def _chunk(device:torch.device, batch_size:int) -> Optional[int]:
-    "Importance samples per image decoded at once: about 128 latents per decoder call on a CPU, the model's default elsewhere."
-    return max(1, 128 // batch_size) if device.type == 'cpu' else None
-
 def _epoch_line(r:dict) -> str:
     "One line of progress for a history record."
     valid = f", test ELBO {r['valid_elbo']:.1f}" if 'valid_elbo' in r else ''
@@ -185,7 +181,7 @@ def vae_nb_train(dataset:str='mnist5k', # mnist5k (bundled, offline), mnist, fas
         print(f"vae_nb_train: interrupted; to continue, run the same command with --resume {out/'checkpoint.pt'}", file=sys.stderr)
         sys.exit(130)
     t1 = time.perf_counter()
-    test = evaluate(model, test_dl, K=k, seed=seed, progress=bars, chunk_size=_chunk(dev, batch_size))
+    test = evaluate(model, test_dl, K=k, seed=seed, progress=bars)
     test['bits_per_dim'] = bits_per_dim(test['log_likelihood'], math.prod(x_shown.shape[1:]))
     t2 = time.perf_counter()
     metrics.update(history=history, test=test, seconds=dict(training=t1 - t0, evaluation=t2 - t1, total=t2 - t0))
@@ -218,7 +214,7 @@ def vae_nb_eval(checkpoint:str, # a checkpoint written by vae_nb_train (or fit)
     dev = resolve_device(device)
     model = _prepare(load_model(checkpoint), dev)
     ds = dict(zip(('train', 'test'), get_datasets(dataset, root)))[split]
-    r = evaluate(model, _loader(ds, n, batch_size), K=k, seed=seed, progress=sys.stderr.isatty(), chunk_size=_chunk(dev, batch_size))
+    r = evaluate(model, _loader(ds, n, batch_size), K=k, seed=seed, progress=sys.stderr.isatty())
     dims = model.in_channels * model.input_size ** 2
     print(json.dumps(dict(elbo=r['elbo'], log_likelihood=r['log_likelihood'], bits_per_dim=bits_per_dim(r['log_likelihood'], dims),
                           k=k, n=r['n'], split=split, dataset=dataset)))
