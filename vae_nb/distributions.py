@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 from fastcore.basics import patch
+from .checks import check_tensor
 
 # %% ../nbs/00_distributions.ipynb #4d9e3c00
 LOGVAR_RANGE = (-30.0, 20.0)  # `logvar` is clamped to this range: σ from 3e-7 to 2.2e4
@@ -21,15 +22,6 @@ def sum_nonbatch(t:Tensor, # per-coordinate values, shape (B, ...)
     "Sum `t` over all dimensions but the first."
     return t.flatten(1).sum(1) if t.ndim > 1 else t
 
-# %% ../nbs/00_distributions.ipynb #68792394
-def _check_param(name, t, ref=None):
-    "Raise `ValueError` unless `t` is a floating tensor of rank >= 1 (with the shape of `ref` when given)."
-    if not isinstance(t, Tensor): raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point(): raise ValueError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
-    if t.ndim < 1: raise ValueError(f"{name}: expected shape (B, ...) with a batch dimension, got a 0-d tensor")
-    if ref is not None and t.shape != ref.shape:
-        raise ValueError(f"{name}: expected shape {tuple(ref.shape)} (the mean's), got {tuple(t.shape)}")
-
 # %% ../nbs/00_distributions.ipynb #2760cb7e
 class DiagonalGaussianDistribution:
     "N(`mean`, diag(exp(`logvar`))) over tensors of shape (B, ...); `logvar=None` means identity covariance."
@@ -37,9 +29,9 @@ class DiagonalGaussianDistribution:
                  mean:Tensor, # μ, shape (B, ...), floating point
                  logvar:Optional[Tensor]=None, # log σ², same shape as `mean`; clamped to `LOGVAR_RANGE`; None: σ = 1
                 ):
-        _check_param('mean', mean)
+        check_tensor('mean', mean, finite=False, batched=True)
         if logvar is None: logvar = torch.zeros_like(mean)
-        else: _check_param('logvar', logvar, mean)
+        else: check_tensor('logvar', logvar, tuple(mean.shape), finite=False)
         self.mean = mean
         self.logvar = logvar.clamp(*LOGVAR_RANGE)
         self.std = torch.exp(0.5 * self.logvar)
@@ -56,8 +48,7 @@ def sample(self:DiagonalGaussianDistribution,
     "Reparameterised sample μ + σ·ε; gradients reach `mean` and `logvar`."
     if noise is None:
         noise = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype, device=self.mean.device)
-    elif noise.shape != self.mean.shape:
-        raise ValueError(f"noise: expected shape {tuple(self.mean.shape)} (the mean's), got {tuple(noise.shape)}")
+    else: check_tensor('noise', noise, tuple(self.mean.shape), finite=False)
     return self.mean + self.std * noise
 
 # %% ../nbs/00_distributions.ipynb #27a52daf
@@ -75,8 +66,7 @@ def nll(self:DiagonalGaussianDistribution,
          x:Tensor, # points, same shape as `mean`
         ) -> Tensor: # −log N(x | μ, Σ) per example, shape (B,)
     "Negative log-density −log N(x | μ, Σ) per example, ½·log 2π included, summed over all non-batch dims."
-    if not isinstance(x, Tensor) or x.shape != self.mean.shape:
-        raise ValueError(f"x: expected a tensor of shape {tuple(self.mean.shape)} (the mean's), got {getattr(x, 'shape', type(x).__name__)}")
+    check_tensor('x', x, tuple(self.mean.shape), finite=False)
     return 0.5 * sum_nonbatch(LOG_2PI + self.logvar + (x - self.mean).pow(2) / self.var)
 
 # %% ../nbs/00_distributions.ipynb #a2d81a26
