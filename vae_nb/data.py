@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_data.ipynb #6020beca
 from __future__ import annotations
-import importlib.resources, numbers, os
+import importlib.resources, os
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
 from torch import Tensor
+from .checks import check_int, check_choice, describe
 
 # %% auto #0
-__all__ = ['INPUT_SIZE', 'DATASETS', 'dataset_info', 'to_model_range', 'load_mnist5k', 'data_root', 'ImageDataset',
-           'get_datasets', 'InMemoryLoader', 'get_dataloaders']
+__all__ = ['INPUT_SIZE', 'DATASETS', 'MNIST5K_CONFIG', 'dataset_info', 'to_model_range', 'load_mnist5k', 'data_root',
+           'ImageDataset', 'get_datasets', 'InMemoryLoader', 'get_dataloaders']
 
 # %% ../nbs/02_data.ipynb #72b006f0
 INPUT_SIZE = 32  # side of every image the model sees
@@ -37,9 +38,13 @@ DATASETS = tuple(_INFO)
 def dataset_info(name:str, # one of `DATASETS`
                 )->dict: # in_channels, input_size and the 10 class names
     "What the model needs to know about dataset `name`."
-    if name not in _INFO: raise ValueError(f"dataset: expected one of {DATASETS}, got {name!r}")
+    check_choice('dataset', name, DATASETS)
     info = _INFO[name]
     return dict(in_channels=info['in_channels'], input_size=INPUT_SIZE, classes=list(info['classes']))
+
+# %% ../nbs/02_data.ipynb #6cdb96b3
+MNIST5K_CONFIG = dict(model=dict(in_channels=1, input_size=INPUT_SIZE, z_dim=16, encoder_features=16, decoder_features=8),
+                      lr=4e-3, batch_size=64, epochs=50)
 
 # %% ../nbs/02_data.ipynb #19fed56f
 def _pad_to(x:Tensor, # images, (N, C, H, W) with H, W <= size
@@ -51,17 +56,12 @@ def _pad_to(x:Tensor, # images, (N, C, H, W) with H, W <= size
     top, left = (size - h) // 2, (size - w) // 2
     return F.pad(x, (left, size - w - left, top, size - h - top), value=value)
 
-# %% ../nbs/02_data.ipynb #5583a2d6
-def _desc(x)->str:
-    "How `x` reads in an error message: dtype and shape of an array, else its type."
-    return f"{x.dtype} {tuple(x.shape)}" if isinstance(x, (Tensor, np.ndarray)) else type(x).__name__
-
 # %% ../nbs/02_data.ipynb #dd322674
 def to_model_range(x:Tensor, # uint8 images, (N, H, W) or (N, C, H, W), with H, W <= 32
                   )->Tensor: # float32 images in [-1, 1], (N, C, 32, 32)
     "Scale uint8 images to [-1, 1] and pad them at the centre with black (-1) to 32x32."
     if not isinstance(x, Tensor) or x.dtype != torch.uint8:
-        raise ValueError(f"to_model_range: expected a torch.uint8 tensor, got {_desc(x)}")
+        raise ValueError(f"to_model_range: expected a torch.uint8 tensor, got {describe(x)}")
     if x.ndim == 3: x = x[:, None]  # (N, 1, H, W)
     if x.ndim != 4 or max(x.shape[-2:]) > INPUT_SIZE:
         raise ValueError(f"to_model_range: expected (N, H, W) or (N, C, H, W) with H, W <= {INPUT_SIZE}, got {tuple(x.shape)}")
@@ -173,9 +173,9 @@ class ImageDataset(torch.utils.data.Dataset):
                  classes:list|None=None, # class names
                 ):
         if not isinstance(x, Tensor) or x.dtype != torch.uint8 or x.ndim not in (3, 4):
-            raise ValueError(f"x: expected a uint8 tensor (N, H, W) or (N, C, H, W), got {_desc(x)}")
+            raise ValueError(f"x: expected a uint8 tensor (N, H, W) or (N, C, H, W), got {describe(x)}")
         if not isinstance(y, Tensor) or y.shape != (len(x),):
-            raise ValueError(f"y: expected a tensor of shape ({len(x)},), got {_desc(y)}")
+            raise ValueError(f"y: expected a tensor of shape ({len(x)},), got {describe(y)}")
         self.x, self.y, self.classes = (x if x.ndim == 4 else x[:, None]), y.long(), classes  # x: (N, C, H, W)
     def __len__(self): return len(self.x)
     def __getitem__(self, i): return to_model_range(self.x[i][None])[0], self.y[i]
@@ -194,12 +194,6 @@ def get_datasets(name:str='mnist5k', # one of `DATASETS`
     x_train, y_train, x_test, y_test = _READERS[name](data_root(root), download)
     return ImageDataset(x_train, y_train, info['classes']), ImageDataset(x_test, y_test, info['classes'])
 
-# %% ../nbs/02_data.ipynb #f9222f34
-def _check_int(name:str, value, minimum:int):
-    "Raise a `ValueError` unless `value` is an int >= `minimum`."
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
-
 # %% ../nbs/02_data.ipynb #945cff31
 class InMemoryLoader:
     "Batches `(xb, yb)` of tensors in memory; the shuffle order is a pure function of `(seed, epoch)`."
@@ -212,9 +206,9 @@ class InMemoryLoader:
                  tfm:Callable|None=None, # applied to each batch of `x`, e.g. `to_model_range`
                 ):
         if not isinstance(x, Tensor) or not isinstance(y, Tensor) or x.ndim == 0 or len(x) != len(y):
-            raise ValueError(f"x, y: expected tensors of the same length, got {_desc(x)} and {_desc(y)}")
-        _check_int('batch_size', batch_size, 1); _check_int('seed', seed, 0)
-        if tfm is not None and not callable(tfm): raise ValueError(f"tfm: expected a callable or None, got {_desc(tfm)}")
+            raise ValueError(f"x, y: expected tensors of the same length, got {describe(x)} and {describe(y)}")
+        check_int('batch_size', batch_size, minimum=1); check_int('seed', seed)
+        if tfm is not None and not callable(tfm): raise ValueError(f"tfm: expected a callable or None, got {describe(tfm)}")
         self.x, self.y, self.batch_size, self.shuffle, self.drop_last = x, y, batch_size, bool(shuffle), bool(drop_last)
         self.seed, self.tfm = seed, tfm
         self.n, self.epoch = len(x), 0  # number of examples; epoch of the next pass
@@ -231,7 +225,7 @@ def order(self:InMemoryLoader)->Tensor: # (n,) permutation of the examples
 @patch
 def set_epoch(self:InMemoryLoader, epoch:int): # the epoch whose order the next pass uses
     "Make the next pass use the order of `epoch`."
-    _check_int('epoch', epoch, 0)
+    check_int('epoch', epoch)
     self.epoch = epoch
 
 # %% ../nbs/02_data.ipynb #8eb292bf
@@ -239,26 +233,39 @@ def set_epoch(self:InMemoryLoader, epoch:int): # the epoch whose order the next 
 def _batch(self:InMemoryLoader, idx:Tensor|None, i:int)->tuple:
     "Batch `i` of a pass in order `idx` (None: in storage order)."
     s = slice(i * self.batch_size, (i + 1) * self.batch_size)
-    xb, yb = (self.x[s], self.y[s]) if idx is None else (self.x.index_select(0, idx[s]), self.y.index_select(0, idx[s]))
+    xb, yb = (self.x[s], self.y[s]) if idx is None else (self.x.index_select(0, idx[s]), self.y.index_select(0, idx[s].to(self.y.device)))
     return (xb if self.tfm is None else self.tfm(xb)), yb
 
 @patch
 def __iter__(self:InMemoryLoader):
     "One pass over the data in the current epoch's order; `epoch` advances for the next pass."
-    idx = self.order() if self.shuffle else None
+    idx = self.order().to(self.x.device) if self.shuffle else None     # the data's device: tensors on a GPU stay there
     self.epoch += 1
     return (self._batch(idx, i) for i in range(len(self)))
 
 # %% ../nbs/02_data.ipynb #059e4056
+def _split_sizes(n) -> tuple:
+    "`n` as (n_train, n_test): None, one int for both, or a pair of ints/None."
+    pair = n if isinstance(n, (tuple, list)) else (n, n)
+    if len(pair) != 2: raise ValueError(f"n: expected None, an int or a pair (n_train, n_test), got {n!r}")
+    return tuple(None if v is None else check_int('n', v, minimum=1) for v in pair)
+
 def get_dataloaders(name:str='mnist5k', # one of `DATASETS`
                     batch_size:int=64, # examples per batch
                     root:str|os.PathLike|None=None, # data folder for downloads, see `data_root`
                     download:bool=True, # download a missing dataset on first use
                     seed:int=0, # with the epoch, fixes the training order
+                    n:int|tuple|None=None, # keep the first n examples of each split, or (n_train, n_test); None: all
+                    device:str|torch.device|None=None, # where the uint8 images are kept, e.g. 'cuda' (no host copy per step); None: the CPU
+                    test_batch_size:int|None=None, # examples per test batch; default `batch_size`
                     num_workers:int=0, # accepted for DataLoader-style calls; loading from memory needs no workers
                    )->tuple: # (train, test) `InMemoryLoader`s of x float32 (B, C, 32, 32) in [-1, 1], y int64 (B,)
     "Train (shuffled, with `set_epoch`) and test loaders of dataset `name`."
-    _check_int('batch_size', batch_size, 1); _check_int('seed', seed, 0); _check_int('num_workers', num_workers, 0)
+    check_int('batch_size', batch_size, minimum=1); check_int('seed', seed); check_int('num_workers', num_workers)
+    if test_batch_size is not None: check_int('test_batch_size', test_batch_size, minimum=1)
+    n_train, n_test = _split_sizes(n)
     train, test = get_datasets(name, root, download)
-    loader = partial(InMemoryLoader, batch_size=batch_size, seed=seed, tfm=to_model_range)
-    return loader(train.x, train.y, shuffle=True), loader(test.x, test.y)
+    def loader(ds, n, **kw):
+        return InMemoryLoader(ds.x[:n].to(device), ds.y[:n].to(device), seed=seed, tfm=to_model_range, **kw)
+    return (loader(train, n_train, batch_size=batch_size, shuffle=True),
+            loader(test, n_test, batch_size=test_batch_size or batch_size))
