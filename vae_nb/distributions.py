@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['LOGVAR_RANGE', 'LOG_2PI', 'BINS', 'BIN_WIDTH', 'LOG_SCALE_RANGE', 'sum_nonbatch', 'check_range',
            'DiagonalGaussianDistribution', 'BernoulliDistribution', 'bin_index', 'bin_centre',
-           'DiscretizedDistribution', 'DiscretizedLogisticDistribution']
+           'DiscretizedDistribution', 'DiscretizedLogisticDistribution', 'log1mexp', 'DiscretizedGaussianDistribution']
 
 # %% ../nbs/00_distributions.ipynb #b56ca595
 import math, numbers
@@ -219,3 +219,58 @@ def nll(self:DiscretizedDistribution,
         ) -> Tensor: # −log P(x) per example in nats, shape (B,)
     "Negative log-probability per example, summed over all non-batch dims."
     return -sum_nonbatch(self.log_prob(x, check))
+
+# %% ../nbs/00_distributions.ipynb #833bc7ea
+@patch
+def mode(self:DiscretizedDistribution) -> Tensor: # the most probable grid value, shape of `loc`
+    "The most probable grid value of each coordinate: the inner bin nearest `loc` or an outer bin."
+    near = bin_index(self.loc).clamp(1, BINS - 2)                                        # (B, ...)
+    k = torch.stack([near, torch.zeros_like(near), torch.full_like(near, BINS - 1)])     # candidates, (3, B, ...)
+    best = self._bin_log_prob(k).argmax(0, keepdim=True)                                 # (1, B, ...)
+    return bin_centre(k.gather(0, best)[0], self.loc.dtype)
+
+# %% ../nbs/00_distributions.ipynb #0fa6ae60
+@patch(as_prop=True)
+def mean(self:DiscretizedDistribution) -> Tensor: # E[x], shape of `loc`
+    "The expected grid value of each coordinate."
+    return -1 + BIN_WIDTH * sum(self._log_sf((-1 + (k - 0.5) * BIN_WIDTH - self.loc) / self.scale).exp() for k in range(1, BINS))
+
+# %% ../nbs/00_distributions.ipynb #27f0a566
+@patch
+def sample(self:DiscretizedDistribution,
+            generator:Optional[torch.Generator]=None, # random generator for the draws
+           ) -> Tensor: # grid values in [-1, 1], shape of `loc`
+    "Independent draws: μ + s·ε rounded to the nearest grid value."
+    return bin_centre(bin_index(self.loc + self.scale * self._noise(generator)), self.loc.dtype)
+
+# %% ../nbs/00_distributions.ipynb #afe5ddb6
+def log1mexp(d:Tensor, # positive values
+            ) -> Tensor: # log(1 − e^{−d}), shape of `d`
+    "log(1 − exp(−d)) for d > 0, accurate for small and large d (Mächler 2012)."
+    return torch.where(d < math.log(2), torch.log(-torch.expm1(-d)), torch.log1p(-torch.exp(-d)))
+
+# %% ../nbs/00_distributions.ipynb #9d38c62b
+class DiscretizedGaussianDistribution(DiscretizedDistribution):
+    "N(`loc`, exp(`logvar`)) per coordinate, discretized to the 8-bit grid of [-1, 1] with open outer bins."
+    def __init__(self,
+                 loc:Tensor, # μ, shape (B, ...), floating point
+                 logvar:Tensor, # log σ², same shape as `loc`; clamped to twice `LOG_SCALE_RANGE`
+                ):
+        check_tensor('loc', loc, finite=False, batched=True)
+        check_tensor('logvar', logvar, tuple(loc.shape), finite=False)
+        super().__init__(loc, 0.5 * logvar)
+        self.logvar = 2 * self.log_scale
+
+    def _log_cdf(self, t): return torch.special.log_ndtr(t)
+    def _log_sf(self, t): return torch.special.log_ndtr(-t)
+    def _log_mass(self, a, b, bw):
+        flip = a + b > 0                                                   # bins right of 0: Φ(b) − Φ(a) = Φ(−a) − Φ(−b)
+        a, b = torch.where(flip, -b, a), torch.where(flip, -a, b)
+        log_b = torch.special.log_ndtr(b)
+        d = (log_b - torch.special.log_ndtr(a)).clamp_min(torch.finfo(a.dtype).tiny)
+        c = (a + b) / 2
+        midpoint = -0.5 * (LOG_2PI + c ** 2) + bw.log()                   # log(φ(c)·w/s)
+        narrow = bw * c.abs().clamp_min(1) < math.sqrt(24 * torch.finfo(a.dtype).eps)
+        return torch.where(narrow, midpoint, log_b + log1mexp(d))
+    def _noise(self, generator):
+        return torch.randn(self.loc.shape, generator=generator, dtype=self.loc.dtype, device=self.loc.device)

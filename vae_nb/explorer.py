@@ -13,8 +13,9 @@ from torch import Tensor
 import ipywidgets as widgets
 from torchvision.io import encode_png
 from fastcore.basics import patch
-from .model import VAE, _positive_int
-from .viz import image_grid, posterior_means, decode_latents, principal_components, INTERPOLATIONS, _check_labels
+from .model import VAE
+from .checks import check_int, check_labels
+from .viz import image_grid, posterior_means, decode_latents, principal_components, INTERPOLATIONS
 
 # %% ../nbs/06_explorer.ipynb #e0f170cc
 def png_bytes(x:Tensor, # images in [-1, 1], shape (B, C, H, W)
@@ -23,7 +24,7 @@ def png_bytes(x:Tensor, # images in [-1, 1], shape (B, C, H, W)
               padding:int=0, # pixels between images, before zooming
              ) -> bytes: # a PNG file
     "The images tiled by `image_grid`, enlarged `zoom` times, as PNG bytes."
-    _positive_int('zoom', zoom)
+    check_int('zoom', zoom, minimum=1)
     g = image_grid(x, nrow=nrow, padding=padding)                       # (3, H', W') uint8
     return encode_png(g.repeat_interleave(zoom, 1).repeat_interleave(zoom, 2)).numpy().tobytes()
 
@@ -39,9 +40,9 @@ def explorer_directions(model:VAE,
                         n:int=8, # number of directions (at most z_dim, and N)
                        ) -> tuple: # (center (z_dim,), directions (n, z_dim), scales (n,), labels)
     "Base point, unit directions, their standard deviations and names: principal directions of μφ(x), or the first latent dimensions."
-    _positive_int('n', n)
+    check_int('n', n, minimum=1)
     if x is None:
-        p = model._param()
+        p = model
         n = min(n, model.z_dim)
         return (torch.zeros(model.z_dim, dtype=p.dtype, device=p.device), torch.eye(model.z_dim, dtype=p.dtype, device=p.device)[:n],
                 torch.ones(n, dtype=p.dtype, device=p.device), [f"z{i}" for i in range(n)])
@@ -56,7 +57,7 @@ def _label(y:Optional[Tensor], classes:Optional[Sequence[str]], i:int) -> str:
 
 def _start_options(x:Tensor, y:Optional[Tensor], classes:Optional[Sequence[str]], n_start:int) -> list:
     "Drop-down options (text, value): -1 for the mean of the data, then index i for each of the first `n_start` images."
-    if y is not None: y = _check_labels(y, len(x))
+    if y is not None: y = check_labels(y, len(x))
     return [('mean of the data', -1)] + [(f"image {i}{_label(y, classes, i)}", i) for i in range(min(n_start, len(x)))]
 
 # %% ../nbs/06_explorer.ipynb #0740f018
@@ -65,8 +66,8 @@ class LatentExplorer(widgets.VBox):
     def __init__(self, model:VAE, x:Optional[Tensor]=None, y:Optional[Tensor]=None, classes:Optional[Sequence[str]]=None,
                  n_sliders:int=8, n_start:int=20, limit:float=3.0, step:float=0.1, zoom:int=4):
         if not limit > 0 or not step > 0: raise ValueError(f"limit, step: expected positive numbers, got {limit!r}, {step!r}")
-        _positive_int('n_start', n_start, minimum=0)
-        self.vae, self.zoom, self._hold = model, _positive_int('zoom', zoom), False
+        check_int('n_start', n_start, minimum=0)
+        self.vae, self.zoom, self._hold = model, check_int('zoom', zoom, minimum=1), False
         self.center, self.directions, self.scales, labels = explorer_directions(model, x, n_sliders)
         self.base = self.center
         self.sliders = [widgets.FloatSlider(value=0.0, min=-limit, max=limit, step=step, description=label, readout_format='+.1f',
@@ -135,12 +136,12 @@ class InterpolationExplorer(widgets.VBox):
     def __init__(self, model:VAE, x:Tensor, y:Optional[Tensor]=None, classes:Optional[Sequence[str]]=None,
                  first:int=0, last:int=1, method:str='slerp', zoom:int=4):
         if method not in INTERPOLATIONS: raise ValueError(f"method: expected one of {list(INTERPOLATIONS)}, got {method!r}")
-        self.vae, self.x, self.zoom = model, x, _positive_int('zoom', zoom)
+        self.vae, self.x, self.zoom = model, x, check_int('zoom', zoom, minimum=1)
         self.means = posterior_means(model, x)                                    # (N, z_dim)
         N = len(x)
         if N < 1 or not all(isinstance(i, int) and 0 <= i < N for i in (first, last)):
             raise ValueError(f"first, last: expected indices in [0, {N}), got {first!r}, {last!r}")
-        self.y = None if y is None else _check_labels(y, N)
+        self.y = None if y is None else check_labels(y, N)
         self.classes = classes
         self.first, self.last = [widgets.BoundedIntText(value=i, min=0, max=N - 1, description=d, layout=widgets.Layout(width='180px'))
                                  for i, d in ((first, 'from image'), (last, 'to image'))]
