@@ -79,7 +79,8 @@ def _atomic_save(obj, # what to `torch.save`
     except BaseException as e:
         with contextlib.suppress(OSError): os.unlink(tmp)
         if isinstance(e, OSError) and e.errno is not None:
-            raise OSError(e.errno, f"{os.strerror(e.errno).lower()} while writing {path}; the previous checkpoint is kept") from None
+            err = OSError(f"{os.strerror(e.errno).lower()} while writing {path}; the previous checkpoint is kept")
+            err.errno = e.errno; raise err from None
         raise
     _fsync_dir(path.parent)
 

@@ -100,7 +100,12 @@ def _ensure(name:str, # dataset name, for the message
            ):
     "Make sure every path in `files` exists, fetching them if `download`; else raise `FileNotFoundError`."
     missing = [f for f in files if not Path(f).is_file()]
-    if missing and download: fetch(); missing = [f for f in files if not Path(f).is_file()]
+    if missing and download:
+        try: fetch()
+        except (OSError, RuntimeError) as e:               # no network, a refused URL, a failed checksum, ...
+            raise ConnectionError(f"{name}: could not download it ({type(e).__name__}: {str(e).strip()[:120]}); to work offline, "
+                                  f"put {', '.join(Path(f).name for f in missing)} into {Path(missing[0]).parent}") from None
+        missing = [f for f in files if not Path(f).is_file()]
     if missing:
         more = f' (and {len(missing) - 1} more files)' if len(missing) > 1 else ''
         raise FileNotFoundError(f"{name}: {missing[0]} not found{more}; pass download=True to download it, "
@@ -191,7 +196,11 @@ def get_datasets(name:str='mnist5k', # one of `DATASETS`
     "Train and test datasets of `name`, yielding (x float32 (C, 32, 32) in [-1, 1], y int64)."
     info = dataset_info(name)
     if not isinstance(download, bool): raise ValueError(f"download: expected True or False, got {download!r}")
-    x_train, y_train, x_test, y_test = _READERS[name](data_root(root), download)
+    try: x_train, y_train, x_test, y_test = _READERS[name](data_root(root), download)
+    except (ConnectionError, FileNotFoundError): raise
+    except Exception as e:                                    # a truncated, empty or foreign file that a reader choked on
+        raise ValueError(f"{name}: its files under {data_root(root)} are damaged or are not {name}'s ({type(e).__name__}"
+                         f"{': ' + str(e).strip().splitlines()[0][:100] if str(e).strip() else ''}); delete them to download them again") from None
     return ImageDataset(x_train, y_train, info['classes']), ImageDataset(x_test, y_test, info['classes'])
 
 # %% ../nbs/02_data.ipynb #945cff31
