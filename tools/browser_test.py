@@ -23,10 +23,11 @@ line of output is `N passed, M failed`, and the exit status is 1 when a check fa
 import argparse, base64, functools, importlib.util, json, shutil, sys, threading, time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from chromium import start_chromium, BrowserMissing
 
 REPO = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT, MAX_SHOT_HEIGHT = 1280, 900, 12000
-CHROMIUMS = ('chromium', 'chromium-browser', 'google-chrome', 'google-chrome-stable')
 
 
 def die(msg):
@@ -54,32 +55,10 @@ def serve(root):
 
 # ---------------------------------------------------------------- browser
 
-def find_browser():
-    "Paths of chromium and chromedriver, or exit(2) saying what to install."
-    if importlib.util.find_spec('selenium') is None: die('selenium is not installed: pip install selenium')
-    chromium = next((p for p in map(shutil.which, CHROMIUMS) if p), None)
-    driver = shutil.which('chromedriver')
-    if not chromium or not driver:
-        die('headless Chromium not found (need `chromium` and `chromedriver` on PATH): '
-            'apt-get install chromium chromium-driver')
-    return chromium, driver
-
-
-def start_browser(chromium, chromedriver):
-    "A headless Chromium that cannot reach any host but 127.0.0.1."
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for a in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--hide-scrollbars',
-              f'--window-size={WIDTH},{HEIGHT}', '--no-first-run', '--disable-extensions',
-              '--disable-background-networking', '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1'):
-        opts.add_argument(a)
-    opts.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
-    drv = webdriver.Chrome(service=Service(executable_path=chromedriver), options=opts)
-    drv.set_page_load_timeout(60)
-    drv.set_script_timeout(60)
-    return drv
+def start_browser():
+    "A headless Chromium for the preview, or exit(2) saying what is missing."
+    try: return start_chromium(WIDTH, HEIGHT, ('--hide-scrollbars',), browser_log=True)
+    except BrowserMissing as e: die(str(e))
 
 
 WAIT_JS = """
@@ -183,12 +162,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     root = Path(args.preview).resolve()
     if not (root/'index.html').exists(): die(f'no preview in {root}: run `python tools/docs.py preview` first')
-    chromium, chromedriver = find_browser()
     pages = [p for p in load_pages(root) if not args.page or p['page'] in args.page]
     shots = root/'screenshots'
     t0, srv = time.time(), serve(root)
     base = f'http://127.0.0.1:{srv.server_address[1]}'
-    try: drv = start_browser(chromium, chromedriver)
+    try: drv = start_browser()
     except Exception as e: die(f'could not start headless Chromium: {str(e).strip().splitlines()[0]}')
     failed = []
     try:

@@ -23,9 +23,10 @@ JupyterLab and the kernels it started are shut down at the end, by process id. I
 """
 import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from chromium import start_chromium, BrowserMissing
 
 WIDTH, HEIGHT = 1280, 1000
-CHROMIUMS = ('chromium', 'chromium-browser', 'google-chrome', 'google-chrome-stable')
 
 
 def die(msg):
@@ -37,13 +38,8 @@ def die(msg):
 
 def notebook(checkpoint, epochs):
     "A notebook that builds both explorers, as a JSON-ready dict."
-    if checkpoint: build = f"from vae_nb.train import load_model\nmodel = load_model({str(checkpoint)!r})"
-    else: build = ("from torch import nn\nfrom vae_nb.train import fit\nfrom vae_nb.data import get_dataloaders\n"
-                   "torch.manual_seed(0)\n"
-                   "model = VAE(in_channels=1, z_dim=8,  # a small MLP VAE: quick to train on a CPU\n"
-                   "            encoder=nn.Sequential(nn.Flatten(), nn.Linear(1024, 256), nn.ReLU(), nn.Linear(256, 16)),\n"
-                   "            decoder=nn.Sequential(nn.Linear(8, 256), nn.ReLU(), nn.Linear(256, 1024), nn.Unflatten(1, (1, 32, 32))))\n"
-                   f"history = fit(model, get_dataloaders('mnist5k', batch_size=64)[0], epochs={epochs}, lr=2e-3, device='cpu', progress=False)")
+    if checkpoint: build = f"from vae_nb.checkpoint import load_model\nmodel = load_model({str(checkpoint)!r})"
+    else: build = f"from vae_nb.test_utils import trained_mlp_vae\nmodel, history = trained_mlp_vae(epochs={epochs})  # a small MLP VAE: quick to train on a CPU"
     cells = [
         "import torch\nfrom vae_nb.model import VAE\nfrom vae_nb.data import load_mnist5k, to_model_range, dataset_info\n"
         "from vae_nb.explorer import latent_explorer, interpolation_explorer\n" + build + "\n"
@@ -122,24 +118,9 @@ def stop_lab(proc):
 # ---------------------------------------------------------------- browser
 
 def start_browser():
-    "A headless Chromium (through chromedriver) that cannot reach any host but 127.0.0.1."
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError: die('selenium is not installed: pip install selenium')
-    chromium = next((p for p in map(shutil.which, CHROMIUMS) if p), None)
-    driver = shutil.which('chromedriver')
-    if not chromium or not driver:
-        die('headless Chromium not found (need `chromium` and `chromedriver` on PATH): apt-get install chromium chromium-driver')
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for a in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', f'--window-size={WIDTH},{HEIGHT}',
-              '--no-first-run', '--disable-extensions', '--disable-background-networking',
-              '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1'):
-        opts.add_argument(a)
-    drv = webdriver.Chrome(service=Service(executable_path=driver), options=opts)
-    drv.set_page_load_timeout(60); drv.set_script_timeout(30)
-    return drv
+    "A headless Chromium for JupyterLab, or exit(2) saying what is missing."
+    try: return start_chromium(WIDTH, HEIGHT, script_timeout=30)
+    except BrowserMissing as e: die(str(e))
 
 
 # the <img>'s src and a hash of its decoded pixels (blob: URLs are same-origin, so the canvas is readable)
@@ -323,8 +304,7 @@ def main(argv=None):
     for name, ok, detail in results: print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
     failed = sum(not ok for _, ok, _ in results)
     print(f'{len(results) - failed} passed, {failed} failed in {time.time() - t0:.0f} s')
-    return 1 if failed else 0
+    return int(failed > 0)
 
 
-if __name__ == '__main__':
-    sys.exit(main())
+if __name__ == '__main__': raise SystemExit(main())

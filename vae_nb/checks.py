@@ -33,9 +33,9 @@ def check_positive(name:str, # the argument's name, for the message
                    v, # the value to check
                   ) -> float: # `v` as a float
     "Raise `ValueError` unless `v` is a finite real number > 0 (a learning rate, a weight, ...)."
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < math.inf:
-        raise ValueError(f"{name}: expected a positive number, got {v!r}")
-    return float(v)
+    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v < math.inf
+    if ok: return float(v)
+    raise ValueError(f"{name}: expected a positive number, got {v!r}")
 
 # %% ../nbs/00a_checks.ipynb #8a56fddc
 def check_choice(name:str, # the argument's name, for the message

@@ -218,11 +218,8 @@ def log_prob(self:DiscretizedDistribution,
 
 # %% ../nbs/00_distributions.ipynb #1af58d72
 @patch
-def nll(self:DiscretizedDistribution,
-         x:Tensor, # 8-bit images in [-1, 1] (snapped to the nearest grid value), same shape as `loc`
-         check:bool=True, # validate `x`'s shape and range (one host sync); False on hot paths
-        ) -> Tensor: # −log P(x) per example in nats, shape (B,)
-    "Negative log-probability per example, summed over all non-batch dims."
+def nll(self:DiscretizedDistribution, x:Tensor, check:bool=True) -> Tensor: # −log P(x) per example in nats, shape (B,)
+    "Negative log-probability per example, summed over all non-batch dims; `x` and `check` as for `log_prob`."
     return -sum_nonbatch(self.log_prob(x, check))
 
 # %% ../nbs/00_distributions.ipynb #833bc7ea

@@ -150,15 +150,16 @@ class InterpolationExplorer(widgets.VBox):
         self.image, self.first_image, self.last_image = (_image_widget(model, self.zoom) for _ in range(3))
         self.caption = widgets.Label()
         for w in (self.first, self.last, self.t, self.method): w.observe(lambda _: self.render(), names='value')
+        self.render()                                                   # the first picture, before the box is shown
         super().__init__([widgets.HBox([self.first, self.last, self.method]), self.t,
                           widgets.HBox([self.first_image, self.image, self.last_image]), self.caption])
-        self.render()
 
 # %% ../nbs/06_explorer.ipynb #caba93aa
 @patch(as_prop=True)
 def z(self:InterpolationExplorer) -> Tensor: # the latent point shown, shape (z_dim,)
     "The interpolant between the posterior means of the two chosen images at `t`."
-    return INTERPOLATIONS[self.method.value](self.means[self.first.value], self.means[self.last.value], self.t.value)
+    z0, z1 = self.means[self.first.value], self.means[self.last.value]       # (z_dim,) each
+    return INTERPOLATIONS[self.method.value](z0, z1, self.t.value)
 
 @patch
 def render(self:InterpolationExplorer):

@@ -87,14 +87,13 @@ class VAE(nn.Module):
 @patch(as_prop=True)
 def device(self:VAE) -> torch.device:
     "The device of the model's parameters (the CPU for a model without any)."
-    p = next(self.parameters(), None)
-    return p.device if p is not None else torch.device('cpu')
+    return next((p.device for p in self.parameters()), torch.device('cpu'))
 
 @patch(as_prop=True)
 def dtype(self:VAE) -> torch.dtype:
     "The floating-point dtype of the model's parameters (torch's default for a model without any)."
     p = next(self.parameters(), None)
-    return p.dtype if p is not None else torch.get_default_dtype()
+    return torch.get_default_dtype() if p is None else p.dtype
 
 @patch
 def check_images(self:VAE,
@@ -142,8 +141,7 @@ def sample(self:VAE,
 
 # %% ../nbs/01_model.ipynb #e51b76c1
 @patch
-def forward(self:VAE,
-            x:Tensor, # images, shape (B, C, S, S), floating point in [-1, 1]
+def forward(self:VAE, x:Tensor, # images, shape (B, C, S, S), floating point in [-1, 1]
             check:bool=True, # validate `x` first; False skips it (hot paths)
            ) -> VAEOutput: # (reconstruction, nll, kl); the loss is (nll + kl).mean()
     "Reconstruction (mode of p(x|z), z ~ q(z|x) reparameterised) and the per-example NLL and KL terms."
