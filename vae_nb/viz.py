@@ -109,9 +109,9 @@ def reconstruction_grid(model:VAE,
                         x:Tensor, # images in [-1, 1], shape (B, C, S, S)
                         nrow:int=8, # images per row
                        ) -> Figure: # two axes: originals, reconstructions
-    "The images beside their reconstructions μθ(μφ(x))."
+    "The images above their reconstructions μθ(μφ(x)), each grid `nrow` images wide."
     recon = decode_latents(model, posterior_means(model, x))
-    return grid_figure([image_grid(x, nrow), image_grid(recon, nrow)], ['original', 'reconstruction'])
+    return grid_figure([image_grid(x, nrow), image_grid(recon, nrow)], ['original', 'reconstruction'], nrows=2)
 
 # %% ../nbs/05_viz.ipynb #95c2ef65
 def save_grid(x:Tensor, # images in [-1, 1], shape (B, C, H, W), C = 1 or 3
@@ -379,12 +379,15 @@ def training_curves(history:Sequence[dict], # one dict per epoch, from `fit`
     "Loss, NLL, KL and seconds per epoch of a training history, with the validation −ELBO where present."
     if isinstance(history, dict) or not isinstance(history, Sequence) or not history or not all(isinstance(h, dict) for h in history):
         raise ValueError(f"history: expected a non-empty list of dicts (one per epoch), got {history!r:.60}")
-    missing = sorted({key for key, _ in _CURVES for h in history if key not in h})
-    if missing: raise ValueError(f"history: expected keys {[key for key, _ in _CURVES]} in every epoch, missing {missing}")
+    missing = sorted({key for key in ('loss', 'seconds') for h in history if key not in h})
+    if missing: raise ValueError(f"history: expected keys ['loss', 'seconds'] in every epoch (and 'nll', 'kl' for the ELBO), missing {missing}")
     epochs = [h.get('epoch', i + 1) for i, h in enumerate(history)]
     fig, axs = _figure(1, 4, (8.0, 2.2))
     for ax, (key, title) in zip(axs.flat, _CURVES):
-        ax.plot(epochs, [float(h[key]) for h in history], marker='.', label='train')
+        if key == 'loss' and history[-1].get('objective') == 'iwae': title = f"loss (−IWAE bound, k={history[-1]['k']}), nats"
+        points = [(e, float(h[key])) for e, h in zip(epochs, history) if key in h]
+        if points: ax.plot(*zip(*points), marker='.', label='train')
+        else: ax.text(0.5, 0.5, 'not reported\n(IWAE objective)', ha='center', va='center', fontsize=8, transform=ax.transAxes)
         ax.set_title(title, fontsize=9); ax.set_xlabel('epoch', fontsize=8); ax.tick_params(labelsize=7)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     valid = [(e, -float(h['valid_elbo'])) for e, h in zip(epochs, history) if h.get('valid_elbo') is not None]
