@@ -12,7 +12,8 @@ from typing import Optional
 import torch
 from fastcore.script import call_parse
 from .checks import check_int, check_positive, check_choice
-from .model import VAE, bits_per_dim
+from .model import VAE
+from .distributions import LIKELIHOODS
 from .data import dataset_info, get_dataloaders, InMemoryLoader, MNIST5K_CONFIG
 from .checkpoint import load_checkpoint, load_model, CheckpointError
 from .train import fit, evaluate, resolve_device, prepare_model
@@ -54,7 +55,9 @@ def _check_args(**kw):
     for name, v in kw.items():
         if v is None: continue
         if name == 'dataset': dataset_info(v)
-        elif name == 'lr': check_positive(name, v)
+        elif name in ('lr', 'beta'): check_positive(name, v)
+        elif name == 'likelihood': check_choice(name, v, LIKELIHOODS)
+        elif name == 'kl_warmup': check_int(name, v)
         elif name == 'seed': check_int(name, v)
         elif name == 'split': check_choice(name, v, ('train', 'test'))
         elif name == 'device': resolve_device(v)
@@ -63,8 +66,10 @@ def _check_args(**kw):
         else: check_int(name, v, minimum=1)
 
 # %% ../nbs/04_cli.ipynb #6a906a92
+_MODEL_KEYS = ('z_dim', 'encoder_features', 'decoder_features', 'likelihood')
 _DEFAULTS = dict(dataset='mnist5k', batch_size=MNIST5K_CONFIG['batch_size'], lr=MNIST5K_CONFIG['lr'], seed=0, n_train=None,
-                 n_test=None, **{k: MNIST5K_CONFIG['model'][k] for k in ('z_dim', 'encoder_features', 'decoder_features')})
+                 n_test=None, **{k: MNIST5K_CONFIG['model'][k] for k in _MODEL_KEYS[:3]}, likelihood='gaussian',
+                 beta=1.0, kl_warmup=0, iwae=1)
 RUN_SETTINGS = tuple(_DEFAULTS)  # the flags that shape a run: recorded in its checkpoint, and taken from it on --resume
 
 def run_settings(given:dict, # flag -> value for the `RUN_SETTINGS`; None where the flag was not given
@@ -73,8 +78,8 @@ def run_settings(given:dict, # flag -> value for the `RUN_SETTINGS`; None where 
                 ) -> dict: # a value for every one of `RUN_SETTINGS`
     "The run's settings: the flags over the defaults; on a resume the checkpoint's, with a conflicting flag an error."
     if ckpt is None: return {k: _DEFAULTS[k] if given.get(k) is None else given[k] for k in RUN_SETTINGS}
-    saved = {'dataset': ckpt['meta'].get('dataset'), **{k: ckpt['config'][k] for k in ('z_dim', 'encoder_features', 'decoder_features')
-                                                          if k in ckpt['config']}, **ckpt['settings']}
+    saved = {'dataset': ckpt['meta'].get('dataset'), 'likelihood': 'gaussian',
+             **{k: ckpt['config'][k] for k in _MODEL_KEYS if k in ckpt['config']}, **ckpt['settings']}
     for k, v in given.items():
         if v is not None and k in saved and saved[k] != v:
             raise ValueError(f"--{k} {v} conflicts with the checkpoint's {k} = {saved[k]!r} ({resume}); "
@@ -100,7 +105,8 @@ def _refuse_existing_run(target:Path, resume:Optional[str], overwrite:bool):
 def _epoch_line(r:dict) -> str:
     "One line of progress for a history record."
     valid = f", test ELBO {r['valid_elbo']:.1f}" if 'valid_elbo' in r else ''
-    return f"epoch {r['epoch']}: loss {r['loss']:.1f} (nll {r['nll']:.1f} + kl {r['kl']:.1f}){valid}, {r['seconds']:.1f} s"
+    terms = f" (nll {r['nll']:.1f} + kl {r['kl']:.1f})" if 'nll' in r else f" (−IWAE bound, k={r.get('k')})"
+    return f"epoch {r['epoch']}: loss {r['loss']:.1f}{terms}{valid}, {r['seconds']:.1f} s"
 
 def _write_json(obj, path:Path):
     "Write `obj` as indented JSON, atomically."
@@ -128,11 +134,17 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
                  n_train:int=None, # train on the first n training images only (quick trials); default all
                  n_test:int=None, # score the first n test images only; default all
                  threads:int=None, # CPU threads for PyTorch; default: its own choice (one per core)
+                 likelihood:str=None, # p(x|z): gaussian (the default: N(μ, I)), learned_gaussian, bernoulli, discretized_logistic or discretized_gaussian
+                 beta:float=None, # weight of the KL term (β-VAE); default 1, the ELBO
+                 kl_warmup:int=None, # epochs over which the KL weight rises linearly to --beta; default 0
+                 iwae:int=None, # train on the k-sample importance-weighted bound (IWAE); default 1, the ELBO
+                 compile:bool=False, # torch.compile the training step (pays off on long GPU runs)
                 ):
     "Train a VAE; write its checkpoint, image grids and metrics; print the test ELBO and log-likelihood."
     t0 = time.perf_counter()
     given = dict(dataset=dataset, batch_size=batch_size, lr=lr, seed=seed, n_train=n_train, n_test=n_test, z_dim=z_dim,
-                 encoder_features=encoder_features, decoder_features=decoder_features)
+                 encoder_features=encoder_features, decoder_features=decoder_features, likelihood=likelihood, beta=beta,
+                 kl_warmup=kl_warmup, iwae=iwae)
     _check_args(**given, epochs=epochs, device=device, k=k, every=every, threads=threads, resume=resume, out=out)
     if threads: torch.set_num_threads(threads)
     dev, ckpt = resolve_device(device), None
@@ -144,7 +156,7 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
     _refuse_existing_run(out/'checkpoint.pt', resume, overwrite)
     info = dataset_info(s['dataset'])
     config = ckpt['config'] if ckpt else dict(in_channels=info['in_channels'], input_size=info['input_size'],
-                                              **{k: s[k] for k in ('z_dim', 'encoder_features', 'decoder_features')})
+                                              **{k: s[k] for k in _MODEL_KEYS})
     _check_fits(config)
     train_dl, test_dl = get_dataloaders(s['dataset'], s['batch_size'], root, seed=s['seed'], n=(s['n_train'], s['n_test']),
                                         device=dev if dev.type == 'cuda' else None)    # on a GPU the uint8 images live there
@@ -166,13 +178,13 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
 
     history = fit(model, train_dl, test_dl, epochs=epochs, lr=s['lr'], device=dev, seed=s['seed'], checkpoint=out/'checkpoint.pt',
                   resume=resume, progress=bars, on_epoch_end=on_epoch_end, meta=dict(dataset=s['dataset']), settings=s,
-                  overwrite=overwrite)
+                  overwrite=overwrite, beta=s['beta'], kl_warmup=s['kl_warmup'], iwae=s['iwae'], compile=compile)
     if len(history) < epochs:                                             # Ctrl-C: fit has said which epoch the checkpoint holds
         print(f"vae_nb_train: interrupted; to continue, run: vae_nb_train --resume {out/'checkpoint.pt'} --epochs {epochs}", file=sys.stderr)
         sys.exit(130)
     t1 = time.perf_counter()
     test = evaluate(model, test_dl, K=k, seed=s['seed'], progress=bars)
-    test['bits_per_dim'] = bits_per_dim(test['log_likelihood'], math.prod(x_shown.shape[1:]))
+    test['bits_per_dim'] = model.bits_per_dim(test['log_likelihood'])
     t2 = time.perf_counter()
     metrics.update(history=history, test=test, seconds=dict(training=t1 - t0, evaluation=t2 - t1, total=t2 - t0))
     _write_json(metrics, out/'metrics.json')
@@ -206,8 +218,8 @@ def vae_nb_eval(checkpoint:str, # a checkpoint written by vae_nb_train (or fit)
     dl = dict(zip(('train', 'test'), get_dataloaders(dataset, batch_size, root, n=n, device=dev if dev.type == 'cuda' else None)))[split]
     dl.shuffle = False                                                   # score the first n images in their stored order
     r = evaluate(model, dl, K=k, seed=seed, progress=sys.stderr.isatty())
-    dims = model.in_channels * model.input_size ** 2
-    print(json.dumps(dict(elbo=r['elbo'], log_likelihood=r['log_likelihood'], bits_per_dim=bits_per_dim(r['log_likelihood'], dims),
+    print(json.dumps(dict(elbo=r['elbo'], log_likelihood=r['log_likelihood'], bits_per_dim=model.bits_per_dim(r['log_likelihood']),
+                          likelihood=model.likelihood,
                           k=k, n=r['n'], split=split, dataset=dataset)))
 
 # %% ../nbs/04_cli.ipynb #0877ca7c
