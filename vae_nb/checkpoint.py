@@ -90,15 +90,22 @@ def rng_state() -> dict:
     return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
 
 def set_rng_state(state:dict):
-    "Restore what `_rng_state` returned (CUDA states only where CUDA is available)."
+    "Restore what `rng_state` returned (CUDA states only where CUDA is available)."
     torch.set_rng_state(state['torch'])
     if state['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'][:torch.cuda.device_count()])
 
+def _is_rng(state) -> bool:
+    "Whether `state` is what `rng_state` returns."
+    return (isinstance(state, dict) and isinstance(state.get('torch'), Tensor) and state['torch'].dtype == torch.uint8
+            and isinstance(state.get('cuda'), list) and all(isinstance(t, Tensor) and t.dtype == torch.uint8 for t in state['cuda']))
+
 def _check_rng(state, path):
-    "Raise `CheckpointError` unless `state` is what `_rng_state` returns."
-    ok = (isinstance(state, dict) and isinstance(state.get('torch'), Tensor) and state['torch'].dtype == torch.uint8
-          and isinstance(state.get('cuda'), list) and all(isinstance(t, Tensor) and t.dtype == torch.uint8 for t in state['cuda']))
-    if not ok: raise CheckpointError(f"{path}: damaged checkpoint: expected 'rng' to hold torch's random states (uint8 tensors 'torch' and 'cuda'), got {_brief(state)}")
+    "Raise `CheckpointError` unless `state` is what `rng_state` returns, with, optionally, `ranks`: a list of such states."
+    if not _is_rng(state):
+        raise CheckpointError(f"{path}: damaged checkpoint: expected 'rng' to hold torch's random states (uint8 tensors 'torch' and 'cuda'), got {_brief(state)}")
+    ranks = state.get('ranks', [state])
+    if not isinstance(ranks, list) or not ranks or not all(_is_rng(s) for s in ranks):
+        raise CheckpointError(f"{path}: damaged checkpoint: expected rng['ranks'] to be a list of random states, one per process, got {_brief(ranks)}")
 
 # %% ../nbs/03a_checkpoint.ipynb #94a91763
 def save_checkpoint(path:Union[str, os.PathLike], # file to write (atomically); its folder is created
@@ -107,6 +114,7 @@ def save_checkpoint(path:Union[str, os.PathLike], # file to write (atomically); 
                     epoch:int=0, # epochs completed
                     history:Iterable=(), # one dict of plain data per epoch
                     settings:Optional[dict]=None, # the run's settings (plain data), which `fit`'s resume continues with
+                    rng:Optional[dict]=None, # the random state to store; None: this process's `rng_state()` (`fit` on several processes adds `ranks`)
                     **meta, # more plain data to keep, e.g. dataset='mnist5k'
                    ) -> Path: # the path written
     "Save everything needed to rebuild `model` and to resume its training exactly, atomically."
@@ -114,10 +122,12 @@ def save_checkpoint(path:Union[str, os.PathLike], # file to write (atomically); 
     history = [dict(r) for r in history]
     settings = dict(settings or {})
     check_plain(history, 'history'); check_plain(settings, 'settings'); check_plain(meta, 'meta')
+    rng = rng_state() if rng is None else rng
+    _check_rng(rng, 'rng')
     state = dict(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, config=dict(model.config),
                  custom_networks=bool(model.custom_networks), model=model.state_dict(),
                  optimizer=None if optimizer is None else optimizer.state_dict(),
-                 epoch=epoch, history=history, settings=settings, rng=rng_state(), meta=meta)
+                 epoch=epoch, history=history, settings=settings, rng=rng, meta=meta)
     path = Path(path)
     _atomic_save(state, path)
     return path

@@ -16,7 +16,7 @@ from .model import VAE
 from .distributions import LIKELIHOODS
 from .data import dataset_info, get_dataloaders, InMemoryLoader, MNIST5K_CONFIG
 from .checkpoint import load_checkpoint, load_model, CheckpointError
-from .train import fit, evaluate, resolve_device, prepare_model
+from .train import fit, evaluate, resolve_device, prepare_model, distributed_info, init_distributed, finish_distributed
 from .viz import save_samples, save_reconstructions
 
 # %% ../nbs/04_cli.ipynb #59735ece
@@ -158,14 +158,20 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
     config = ckpt['config'] if ckpt else dict(in_channels=info['in_channels'], input_size=info['input_size'],
                                               **{k: s[k] for k in _MODEL_KEYS})
     _check_fits(config)
-    train_dl, test_dl = get_dataloaders(s['dataset'], s['batch_size'], root, seed=s['seed'], n=(s['n_train'], s['n_test']),
-                                        device=dev if dev.type == 'cuda' else None)    # on a GPU the uint8 images live there
+    dev, world = init_distributed(dev), distributed_info()          # under torchrun: this process's device and rank
+    def loaders():
+        return get_dataloaders(s['dataset'], s['batch_size'], root, seed=s['seed'], n=(s['n_train'], s['n_test']),
+                               device=dev if dev.type == 'cuda' else None)    # on a GPU the uint8 images live there
+    if world.world_size > 1 and not world.main: torch.distributed.barrier()     # rank 0 downloads (if needed) first
+    train_dl, test_dl = loaders()
+    if world.world_size > 1 and world.main: torch.distributed.barrier()
     torch.manual_seed(s['seed'])
     model = prepare_model(VAE(**config), dev)
     x_shown = next(iter(InMemoryLoader(test_dl.x[:32], test_dl.y[:32], 32, tfm=test_dl.tfm)))[0].to(dev)   # shown reconstructed
     out.mkdir(parents=True, exist_ok=True)
     bars = sys.stderr.isatty()
-    metrics = dict(dataset=s['dataset'], config=config, settings=s, args=dict(epochs=epochs, k=k, device=str(dev)), history=[])
+    metrics = dict(dataset=s['dataset'], config=config, settings=s, world_size=world.world_size,
+                   args=dict(epochs=epochs, k=k, device=str(dev)), history=[])
 
     def on_epoch_end(model, history):
         r = history[-1]
@@ -183,9 +189,11 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
         print(f"vae_nb_train: interrupted; to continue, run: vae_nb_train --resume {out/'checkpoint.pt'} --epochs {epochs}", file=sys.stderr)
         sys.exit(130)
     t1 = time.perf_counter()
-    test = evaluate(model, test_dl, K=k, seed=s['seed'], progress=bars)
+    test = evaluate(model, test_dl, K=k, seed=s['seed'], progress=bars and world.main)     # every rank scores its part
     test['bits_per_dim'] = model.bits_per_dim(test['log_likelihood'])
     t2 = time.perf_counter()
+    finish_distributed()
+    if not world.main: return
     metrics.update(history=history, test=test, seconds=dict(training=t1 - t0, evaluation=t2 - t1, total=t2 - t0))
     _write_json(metrics, out/'metrics.json')
     n = history[-1]['epoch']
