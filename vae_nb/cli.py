@@ -14,7 +14,7 @@ from fastcore.script import call_parse
 from .checks import check_int, check_positive, check_choice
 from .model import VAE
 from .distributions import LIKELIHOODS
-from .data import dataset_info, get_dataloaders, InMemoryLoader, MNIST5K_CONFIG
+from .data import dataset_info, get_dataloaders, DATASETS, MNIST5K_CONFIG
 from .checkpoint import load_checkpoint, load_model, CheckpointError
 from .train import fit, evaluate, resolve_device, prepare_model, distributed_info, init_distributed, finish_distributed
 from .viz import save_samples, save_reconstructions
@@ -58,6 +58,8 @@ def _check_args(**kw):
         elif name in ('lr', 'beta'): check_positive(name, v)
         elif name == 'likelihood': check_choice(name, v, LIKELIHOODS)
         elif name == 'kl_warmup': check_int(name, v)
+        elif name == 'binarize': check_choice(name, v, ('fixed', 'dynamic'))
+        elif name == 'channels': check_choice(name, v, (1, 3))
         elif name == 'seed': check_int(name, v)
         elif name == 'split': check_choice(name, v, ('train', 'test'))
         elif name == 'device': resolve_device(v)
@@ -69,7 +71,7 @@ def _check_args(**kw):
 _MODEL_KEYS = ('z_dim', 'encoder_features', 'decoder_features', 'likelihood')
 _DEFAULTS = dict(dataset='mnist5k', batch_size=MNIST5K_CONFIG['batch_size'], lr=MNIST5K_CONFIG['lr'], seed=0, n_train=None,
                  n_test=None, **{k: MNIST5K_CONFIG['model'][k] for k in _MODEL_KEYS[:3]}, likelihood='gaussian',
-                 beta=1.0, kl_warmup=0, iwae=1)
+                 beta=1.0, kl_warmup=0, iwae=1, image_size=None, channels=None, binarize=None)
 RUN_SETTINGS = tuple(_DEFAULTS)  # the flags that shape a run: recorded in its checkpoint, and taken from it on --resume
 
 def run_settings(given:dict, # flag -> value for the `RUN_SETTINGS`; None where the flag was not given
@@ -113,10 +115,21 @@ def _write_json(obj, path:Path):
     tmp = path.with_name(path.name + '.tmp')
     tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
 
+def _first_images(dl, n:int) -> torch.Tensor:
+    "The first `n` images that loader `dl` serves in its stored order (fewer if it has fewer), as a batch."
+    was, dl.shuffle = getattr(dl, 'shuffle', False), False
+    try:
+        xs, got = [], 0
+        for xb, _ in dl:
+            xs.append(xb[:n - got]); got += len(xs[-1])
+            if got >= n: break
+    finally: dl.shuffle = was
+    return torch.cat(xs)
+
 # %% ../nbs/04_cli.ipynb #76f7b9ad
 @call_parse
 @_user_errors('vae_nb_train')
-def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mnist, fashion_mnist, svhn or cifar10
+def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mnist, fashion_mnist, svhn, cifar10, or a folder of images
                  epochs:int=50, # total epochs; with --resume, the total to continue to
                  batch_size:int=None, # images per step; default 64
                  lr:float=None, # Adam's learning rate; default 4e-3
@@ -139,35 +152,41 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
                  kl_warmup:int=None, # epochs over which the KL weight rises linearly to --beta; default 0
                  iwae:int=None, # train on the k-sample importance-weighted bound (IWAE); default 1, the ELBO
                  compile:bool=False, # torch.compile the training step (pays off on long GPU runs)
+                 image_size:int=None, # for a folder: the side S images are resized and centre-cropped to (a multiple of 16); default 32
+                 channels:int=None, # for a folder: 1 (grey) or 3 (RGB); default 3
+                 binarize:str=None, # fixed or dynamic (fresh draws every epoch) binary images, for --likelihood bernoulli; default none
+                 workers:int=None, # data-loading processes for a folder too large to cache in memory; default: a few
                 ):
     "Train a VAE; write its checkpoint, image grids and metrics; print the test ELBO and log-likelihood."
     t0 = time.perf_counter()
     given = dict(dataset=dataset, batch_size=batch_size, lr=lr, seed=seed, n_train=n_train, n_test=n_test, z_dim=z_dim,
                  encoder_features=encoder_features, decoder_features=decoder_features, likelihood=likelihood, beta=beta,
-                 kl_warmup=kl_warmup, iwae=iwae)
-    _check_args(**given, epochs=epochs, device=device, k=k, every=every, threads=threads, resume=resume, out=out)
+                 kl_warmup=kl_warmup, iwae=iwae, image_size=image_size, channels=channels, binarize=binarize)
+    if dataset and dataset not in DATASETS and Path(dataset).is_dir(): given['dataset'] = str(Path(dataset).resolve())   # a folder: from anywhere
+    _check_args(**given, epochs=epochs, device=device, k=k, every=every, threads=threads, resume=resume, out=out, workers=workers)
     if threads: torch.set_num_threads(threads)
     dev, ckpt = resolve_device(device), None
     if resume is not None:
         ckpt = load_checkpoint(resume)
         if ckpt['custom_networks']: raise ValueError(f"{resume}: saved from a model with custom networks, which vae_nb_train cannot rebuild")
     s = run_settings(given, ckpt, resume)
-    out = Path(out) if out else Path(resume).parent if resume else Path('runs')/s['dataset']
+    out = Path(out) if out else Path(resume).parent if resume else Path('runs')/Path(s['dataset']).name
     _refuse_existing_run(out/'checkpoint.pt', resume, overwrite)
-    info = dataset_info(s['dataset'])
+    info = dataset_info(s['dataset'], s['image_size'], s['channels'])
     config = ckpt['config'] if ckpt else dict(in_channels=info['in_channels'], input_size=info['input_size'],
                                               **{k: s[k] for k in _MODEL_KEYS})
     _check_fits(config)
     dev, world = init_distributed(dev), distributed_info()          # under torchrun: this process's device and rank
     def loaders():
         return get_dataloaders(s['dataset'], s['batch_size'], root, seed=s['seed'], n=(s['n_train'], s['n_test']),
-                               device=dev if dev.type == 'cuda' else None)    # on a GPU the uint8 images live there
+                               device=dev if dev.type == 'cuda' else None,    # on a GPU the uint8 images live there
+                               image_size=s['image_size'], channels=s['channels'], binarize=s['binarize'], num_workers=workers)
     if world.world_size > 1 and not world.main: torch.distributed.barrier()     # rank 0 downloads (if needed) first
     train_dl, test_dl = loaders()
     if world.world_size > 1 and world.main: torch.distributed.barrier()
     torch.manual_seed(s['seed'])
     model = prepare_model(VAE(**config), dev)
-    x_shown = next(iter(InMemoryLoader(test_dl.x[:32], test_dl.y[:32], 32, tfm=test_dl.tfm)))[0].to(dev)   # shown reconstructed
+    x_shown = _first_images(test_dl, 32).to(dev)                                   # shown reconstructed
     out.mkdir(parents=True, exist_ok=True)
     bars = sys.stderr.isatty()
     metrics = dict(dataset=s['dataset'], config=config, settings=s, world_size=world.world_size,
@@ -210,7 +229,7 @@ def vae_nb_eval(checkpoint:str, # a checkpoint written by vae_nb_train (or fit)
                 split:str='test', # test or train
                 seed:int=0, # seeds the posterior samples
                 batch_size:int=100, # images per batch
-                dataset:str=None, # default: the dataset recorded in the checkpoint
+                dataset:str=None, # default: the dataset (name or folder) recorded in the checkpoint
                 device:str='auto', # auto (CUDA when available), cpu or cuda
                 root:str=None, # folder for downloaded datasets
                 threads:int=None, # CPU threads for PyTorch; default: its own choice
@@ -223,7 +242,10 @@ def vae_nb_eval(checkpoint:str, # a checkpoint written by vae_nb_train (or fit)
     if dataset is None: raise ValueError(f"{checkpoint}: records no dataset; pass --dataset")
     dev = resolve_device(device)
     model = prepare_model(load_model(checkpoint), dev)
-    dl = dict(zip(('train', 'test'), get_dataloaders(dataset, batch_size, root, n=n, device=dev if dev.type == 'cuda' else None)))[split]
+    st = ckpt['settings']                                               # how the run read its data: size, channels, binarisation
+    dl = dict(zip(('train', 'test'), get_dataloaders(dataset, batch_size, root, n=n, device=dev if dev.type == 'cuda' else None,
+                                                     image_size=st.get('image_size'), channels=st.get('channels'),
+                                                     binarize=st.get('binarize'))))[split]
     dl.shuffle = False                                                   # score the first n images in their stored order
     r = evaluate(model, dl, K=k, seed=seed, progress=sys.stderr.isatty())
     print(json.dumps(dict(elbo=r['elbo'], log_likelihood=r['log_likelihood'], bits_per_dim=model.bits_per_dim(r['log_likelihood']),
