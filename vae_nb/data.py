@@ -786,9 +786,9 @@ class StreamingLoader:
     "Batches decoded by worker processes in `EpochSampler`'s order, served like `InMemoryLoader`'s: the same order, shards, `set_epoch`, binarisation and `tfm`."
     def __init__(self, ds, # a dataset with `raw(i)` -> (uint8 image, label) and `tfm`, e.g. a streamed `ImageFolderDataset`
                  batch_size:int=64, # examples per batch; with several processes, the global batch over all of them
+                 seed:int=0, # with the epoch, fixes the order (and the dynamic binarisation)
                  shuffle:bool=False, # a new order every epoch
                  drop_last:bool=False, # drop the last, smaller batch
-                 seed:int=0, # with the epoch, fixes the order (and the dynamic binarisation)
                  rank:int|None=None, # this process's rank; None: from torch.distributed or torchrun's environment, else 0
                  world_size:int|None=None, # number of processes; None: likewise, else 1
                  pad:bool=True, # equal shards by repeating examples (training); False: each example once (evaluation)
@@ -839,7 +839,8 @@ def image_loader(ds, # an `ImageDataset` or `ImageFolderDataset`
     "Batches of dataset `ds`: from memory when its uint8 images are there (`ds.x`), else decoded by worker processes."
     redraw, pad = (shuffle if redraw is None else redraw), (shuffle if pad is None else pad)
     if getattr(ds, 'x', None) is None:
-        return StreamingLoader(ds, batch_size, shuffle, drop_last, seed, rank, world_size, pad, binarize, redraw, n, num_workers)
+        return StreamingLoader(ds, batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world_size, pad=pad,
+                               binarize=binarize, redraw=redraw, n=n, num_workers=num_workers)
     if n is not None: check_int('n', n, minimum=1)
     return InMemoryLoader(ds.x[:n].to(device), ds.y[:n].to(device), batch_size, shuffle, drop_last, seed, ds.tfm,
                           rank, world_size, pad, binarize, redraw)

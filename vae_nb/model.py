@@ -164,8 +164,7 @@ def likelihood_dist(self:VAE,
 
 # %% ../nbs/01_model.ipynb #5435d339
 @patch
-def decode(self:VAE,
-           z:Tensor, # latents, shape (B, z_dim)
+def decode(self:VAE, z:Tensor, # latents, shape (B, z_dim)
            check:bool=True, # validate `z` first; False skips it (hot paths)
           ) -> Tensor: # `image_of(p(x|z))`: μθ(z) for the default Gaussian, shape (B, C, S, S)
     "The picture of p(x|z): its mean (Gaussian, Bernoulli) or μ clamped to [-1, 1] (discretized)."
