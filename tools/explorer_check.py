@@ -201,8 +201,13 @@ def run_checks(lab, args, shot, results):
     until(lambda: len(drv.find_elements(By.CSS_SELECTOR, '.jp-Notebook .jp-CodeCell')) == 3, 60, 'the notebook did not open')
     until(lambda: drv.find_elements(By.CSS_SELECTOR, '.jp-Notebook-ExecutionIndicator[data-status="idle"]')
           or 'Idle' in drv.find_element(By.CSS_SELECTOR, '.jp-StatusBar-Widget, #jp-main-statusbar').text, 60, 'the kernel did not start')
-    # run the cells from the menu: Run > Run All Cells
-    lab.menu('Run', 'Run All Cells')
+    # run the cells from the menu: Run > Run All Cells. On a loaded machine the first request can be lost while the
+    # kernel is still settling (seen in CI: every prompt still empty minutes later), so ask again until one starts.
+    prompts = lambda: [p.text for p in drv.find_elements(By.CSS_SELECTOR, '.jp-CodeCell .jp-InputPrompt')]
+    for _ in range(4):
+        lab.menu('Run', 'Run All Cells')
+        try: until(lambda: any(t.strip() not in ('', '[ ]:') for t in prompts()), 20, 'no cell started'); break
+        except TimeoutError: pass
     state = {}
 
     def shown():
