@@ -1,28 +1,35 @@
-"Training throughput, FLOPs and evaluation at scale, for `benchmarks/run.py`."
-import os, subprocess, sys, tempfile, time
+"Training throughput (fit vs a bare loop; eager, channels_last, bf16 autocast and compiled steps), FLOPs and evaluation at scale, for `benchmarks/run.py`."
+import contextlib, math, os, shutil, subprocess, sys, tempfile, time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from vae_nb.model import VAE
 from vae_nb.data import load_mnist5k, to_model_range, InMemoryLoader
-from vae_nb.train import fit, save_checkpoint
+from vae_nb.train import fit
+try: from vae_nb.checkpoint import save_checkpoint
+except ImportError: from vae_nb.train import save_checkpoint     # before vae_nb.checkpoint was split from train
+from run import CONFIG, forward, progress, syncer, timeit
 
-def train_data(device):
+def train_data(device, n=None):
+    "The first `n` (default all 4,000) mnist5k training images in [-1, 1] and their labels, on `device`."
     x, y, _, _ = load_mnist5k()
-    return to_model_range(x).to(device), y.to(device)
+    return to_model_range(x[:n]).to(device), y[:n].to(device)
 
 def fresh_model(device):
     "A freshly initialised model with `vae_nb_train`'s default configuration."
-    from run import CONFIG
     torch.manual_seed(0)
     return VAE(**CONFIG).to(device)
+
+def loss_of(model, x):
+    "The training loss: the negative ELBO, averaged over the batch."
+    _, nll, kl = forward(model, x)
+    return (nll + kl).mean()
 
 def bare_loop(model, x, batch_size=64, sync=None):
     "Images/s of the ceiling: forward, backward and Adam step over in-memory batches, nothing else."
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     def epoch():
         for xb in x.split(batch_size):
-            _, nll, kl = model._forward(xb)
-            loss = (nll + kl).mean()
+            loss = loss_of(model, xb)
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     epoch()                                            # warm-up
     if sync: sync()
@@ -31,18 +38,17 @@ def bare_loop(model, x, batch_size=64, sync=None):
     return len(x) / (time.perf_counter() - t)
 
 def fit_speed(model, x, y, device, batch_size=64, epochs=2):
-    "Images/s of `fit` on an in-memory loader (the second epoch: the first warms up)."
+    "Images/s of `fit` on an in-memory loader (the last epoch: the first warms up)."
     dl = InMemoryLoader(x, y, batch_size=batch_size, shuffle=True)
     hist = fit(model, dl, epochs=epochs, device=device, progress=False)
     return len(x) / hist[-1]['seconds']
 
 def flops_per_image(model, device, batch_size=64):
     "FLOPs of one training step (forward + backward) and of one forward pass, per image."
-    x = torch.rand(batch_size, 1, 32, 32, device=device) * 2 - 1
-    with FlopCounterMode(display=False) as fc:
-        _, nll, kl = model._forward(x); (nll + kl).mean().backward()
+    x = torch.rand(batch_size, CONFIG['in_channels'], CONFIG['input_size'], CONFIG['input_size'], device=device) * 2 - 1
+    with FlopCounterMode(display=False) as fc: loss_of(model, x).backward()
     train = fc.get_total_flops() / batch_size
-    with FlopCounterMode(display=False) as fc, torch.no_grad(): model._forward(x)
+    with FlopCounterMode(display=False) as fc, torch.no_grad(): forward(model, x)
     return train, fc.get_total_flops() / batch_size
 
 def matmul_peak(device, n=2048, repeat=10, sync=None):
@@ -55,37 +61,105 @@ def matmul_peak(device, n=2048, repeat=10, sync=None):
     if sync: sync()
     return 2 * n**3 * repeat / (time.perf_counter() - t)
 
-def eval_at_scale(device, k=1000):
-    "Wall time of `vae_nb_eval CKPT --k 1000` over the whole mnist5k test split (a 1-epoch checkpoint)."
+# ---- training step variants ----
+VARIANTS = ('eager', 'channels_last', 'bf16 autocast', 'compiled')
+
+def unsupported(variant, device):
+    "Why `variant` cannot run on `device` (known before trying), or None."
+    if variant == 'bf16 autocast' and device.type == 'cuda' and not torch.cuda.is_bf16_supported(): return 'unsupported: this GPU has no bf16'
+    if variant == 'compiled' and sys.platform == 'win32' and device.type == 'cpu': return 'unsupported: torch.compile on Windows CPU'
+    return None
+
+def train_step(model, variant, device, backend='inductor'):
+    "One Adam step on a batch, as `variant` does it: eager, channels_last, under bf16 autocast, or with a compiled loss."
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = torch.compile(lambda x: loss_of(model, x), backend=backend) if variant == 'compiled' else lambda x: loss_of(model, x)
+    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if variant == 'bf16 autocast' else contextlib.nullcontext
+    def step(x):
+        with amp(): loss = loss_fn(x)
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        return loss
+    return step
+
+def time_variant(variant, device, x, B, S):
+    "Images/s of `variant`'s training step at batch `B` over `x` (steady state), and its first step's seconds (compilation included)."
+    row, sync = dict(variant=variant, B=B), syncer(device)
+    if variant == 'compiled': row['variant'] = f"compiled ({S['compile_backend']})"
+    if why := unsupported(variant, device): return dict(row, note=why)
+    if len(x) < 2 * B: return dict(row, note=f"skipped: {len(x)} images < 2 batches")
+    try:
+        if variant == 'compiled': torch._dynamo.reset()          # a fresh compilation for each batch size
+        model, fmt = fresh_model(device), torch.channels_last if variant == 'channels_last' else torch.contiguous_format
+        model.to(memory_format=fmt)
+        batches = x[:len(x) // B * B].contiguous(memory_format=fmt).split(B)   # whole batches only: one shape
+        step = train_step(model, variant, device, S['compile_backend'])
+        if sync: sync()
+        t = time.perf_counter(); step(batches[0])
+        if sync: sync()
+        row['first_step_s'] = time.perf_counter() - t
+        for xb in batches[1:3]: step(xb)                          # warm-up
+        losses = []
+        def epoch():
+            for xb in batches: losses.append(step(xb))
+        t_epoch = timeit(epoch, S['repeat'], warmup=0, sync=sync)
+        row.update(img_s=len(batches) * B / t_epoch, step_s=t_epoch / len(batches))
+        if variant == 'compiled': row['compile_s'] = row['first_step_s'] - row['step_s']
+        if not math.isfinite(losses[-1].item()): row['note'] = 'loss not finite'
+    except Exception as e:
+        msg = (str(e).strip().splitlines() or [''])[0][:160]
+        row.update(img_s=None, note=f"failed: {type(e).__name__}: {msg}", failed=True)
+    finally:
+        if variant == 'compiled': torch._dynamo.reset()
+    return row
+
+def part_train(device, S, table):
+    "Training throughput: `fit` vs a bare loop at batch 64, FLOPs, and the step variants at each batch size."
+    sync = syncer(device)
+    x, y = train_data(device, S['train_images'])
+    ceiling = bare_loop(fresh_model(device), x, sync=sync)
+    speed = fit_speed(fresh_model(device), x, y, device)
+    train_flops, fwd_flops = flops_per_image(fresh_model(device), device)
+    peak = matmul_peak(device, n=256 if S['smoke'] else 2048, sync=sync)
+    r = dict(bare_img_s=ceiling, fit_img_s=speed, fit_over_bare=speed / ceiling,
+             train_mflop_per_img=train_flops / 1e6, fwd_mflop_per_img=fwd_flops / 1e6,
+             achieved_gflops=ceiling * train_flops / 1e9, matmul_gflops=peak / 1e9)
+    r['fraction_of_peak'] = r['achieved_gflops'] / r['matmul_gflops']
+    print(f"### Training, batch 64, mnist5k in memory ({len(x):,} images)\n")
+    print(table([r], [('bare_img_s', 'bare loop (img/s)', '{:.0f}'), ('fit_img_s', 'fit (img/s)', '{:.0f}'),
+                      ('fit_over_bare', 'fit / bare', '{:.0%}'), ('train_mflop_per_img', 'train MFLOP/img', '{:.1f}'),
+                      ('achieved_gflops', 'achieved GFLOP/s', '{:.1f}'), ('matmul_gflops', 'matmul GFLOP/s', '{:.1f}'),
+                      ('fraction_of_peak', 'of matmul peak', '{:.0%}')]) + '\n', flush=True)
+    rows = []
+    for B in S['train_batches']:
+        for v in VARIANTS:
+            rows.append(time_variant(v, device, x, B, S))
+            progress(f"train: {rows[-1]['variant']}, batch {B}: {rows[-1].get('img_s') or rows[-1].get('note')}")
+            eager = next(q for q in rows if q['B'] == B and q['variant'] == 'eager')
+            if rows[-1].get('img_s') and eager.get('img_s'): rows[-1]['vs_eager'] = rows[-1]['img_s'] / eager['img_s']
+    print(f"### Training step variants (forward, backward, Adam; median of {S['repeat']} passes over {len(x):,} images)\n")
+    print(table(rows, [('variant', 'variant', '{}'), ('B', 'batch', '{}'), ('img_s', 'img/s', '{:.0f}'), ('vs_eager', 'vs eager', '{:.2f}×'),
+                       ('first_step_s', 'first step (s)', '{:.2f}'), ('compile_s', 'compile (s)', '{:.1f}'), ('note', 'note', '{}')]) + '\n')
+    if S['smoke'] and (bad := [q for q in rows if q.get('failed')]):
+        raise RuntimeError(f"{len(bad)} training variant(s) failed: " + '; '.join(f"{q['variant']} @ {q['B']}: {q['note']}" for q in bad))
+    return dict(fit=r, variants=rows)
+
+def eval_at_scale(device, k=1000, n=None, batch_size=100, train_images=None):
+    "Wall time of `vae_nb_eval CKPT --k K` over the mnist5k test split (or its first n images), on a 1-epoch checkpoint."
     with tempfile.TemporaryDirectory() as d:
-        model = fresh_model(device); x, y = train_data(device)
+        model = fresh_model(device); x, y = train_data(device, train_images)
         fit(model, InMemoryLoader(x, y, batch_size=64, shuffle=True), epochs=1, device=device, progress=False)
         ckpt = os.path.join(d, 'model.pt'); save_checkpoint(ckpt, model.cpu(), None, 1, [], dataset='mnist5k')
-        t = time.perf_counter()
-        out = subprocess.run(['vae_nb_eval', ckpt, '--k', str(k), '--device', device.type], capture_output=True, text=True)
+        args = [ckpt, '--k', str(k), '--device', str(device), '--batch_size', str(batch_size)] + (['--n', str(n)] if n else [])
+        script = shutil.which('vae_nb_eval', path=os.path.dirname(sys.executable)) or shutil.which('vae_nb_eval')
+        if script is None: raise RuntimeError("vae_nb_eval: console script not found (pip install -e . first)")
+        t = time.perf_counter()   # the console script, run by this interpreter
+        out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
         wall = time.perf_counter() - t
-        if out.returncode: raise RuntimeError(out.stderr.strip().splitlines()[-1])
-        return dict(k=k, wall_s=wall, result=out.stdout.strip().splitlines()[-1])
+        if out.returncode: raise RuntimeError(f"vae_nb_eval {' '.join(args[1:])} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+        return dict(k=k, n=n, wall_s=wall, result=out.stdout.strip().splitlines()[-1])
 
-def run(parts, device, table):
-    sync = torch.cuda.synchronize if device.type == 'cuda' else None
-    res = {}
-    if 'train' in parts:
-        x, y = train_data(device)
-        ceiling = bare_loop(fresh_model(device), x, sync=sync)
-        speed = fit_speed(fresh_model(device), x, y, device)
-        train_flops, fwd_flops = flops_per_image(fresh_model(device), device)
-        peak = matmul_peak(device, sync=sync)
-        r = res['train'] = dict(bare_img_s=ceiling, fit_img_s=speed, fit_over_bare=speed / ceiling,
-                                train_mflop_per_img=train_flops / 1e6, fwd_mflop_per_img=fwd_flops / 1e6,
-                                achieved_gflops=ceiling * train_flops / 1e9, matmul_gflops=peak / 1e9)
-        r['fraction_of_peak'] = r['achieved_gflops'] / r['matmul_gflops']
-        print("### Training, batch 64, mnist5k in memory (4,000 images)\n")
-        print(table([r], [('bare_img_s', 'bare loop (img/s)', '{:.0f}'), ('fit_img_s', 'fit (img/s)', '{:.0f}'),
-                          ('fit_over_bare', 'fit / bare', '{:.0%}'), ('train_mflop_per_img', 'train MFLOP/img', '{:.1f}'),
-                          ('achieved_gflops', 'achieved GFLOP/s', '{:.1f}'), ('matmul_gflops', 'matmul GFLOP/s', '{:.1f}'),
-                          ('fraction_of_peak', 'of matmul peak', '{:.0%}')]) + '\n')
-    if 'eval' in parts:
-        r = res['eval'] = eval_at_scale(device)
-        print(f"### vae_nb_eval --k {r['k']} over the 1,000 mnist5k test images\n\nwall time {r['wall_s']:.0f} s; output: `{r['result']}`\n")
-    return res
+def part_eval(device, S, table):
+    r = eval_at_scale(device, S['eval_k'], S['eval_n'], S['eval_batch'], S['train_images'])
+    what = f"the first {r['n']:,}" if r['n'] else "the 1,000"
+    print(f"### vae_nb_eval --k {r['k']} over {what} mnist5k test images\n\nwall time {r['wall_s']:.1f} s; output: `{r['result']}`\n")
+    return r
