@@ -1,5 +1,5 @@
 "Training throughput (fit vs a bare loop; eager, channels_last, bf16 autocast and compiled steps), FLOPs and evaluation at scale, for `benchmarks/run.py`."
-import contextlib, math, os, shutil, subprocess, sys, tempfile, time
+import contextlib, math, os, shutil, statistics, subprocess, sys, tempfile, time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from vae_nb.model import VAE
@@ -81,14 +81,18 @@ def train_step(model, variant, device, backend='inductor'):
         return loss
     return step
 
-def time_variant(variant, device, x, B, S):
-    "Images/s of `variant`'s training step at batch `B` over `x` (steady state), and its first step's seconds (compilation included)."
+def failure(e):
+    "A one-line reason for the table: the exception's type and first line."
+    return f"failed: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+
+def prepare_variant(variant, device, x, B, S):
+    """The table row of `variant` at batch `B`, with its first step timed (compilation included) and two warm-up steps
+    done, and a function that runs one pass over `x` (returning the last loss); None when it cannot run, the reason in the row."""
     row, sync = dict(variant=variant, B=B), syncer(device)
     if variant == 'compiled': row['variant'] = f"compiled ({S['compile_backend']})"
-    if why := unsupported(variant, device): return dict(row, note=why)
-    if len(x) < 2 * B: return dict(row, note=f"skipped: {len(x)} images < 2 batches")
+    if why := unsupported(variant, device): return dict(row, note=why), None
+    if len(x) < 3 * B: return dict(row, note=f"skipped: {len(x)} images < 3 batches"), None
     try:
-        if variant == 'compiled': torch._dynamo.reset()          # a fresh compilation for each batch size
         model, fmt = fresh_model(device), torch.channels_last if variant == 'channels_last' else torch.contiguous_format
         model.to(memory_format=fmt)
         batches = x[:len(x) // B * B].contiguous(memory_format=fmt).split(B)   # whole batches only: one shape
@@ -96,21 +100,55 @@ def time_variant(variant, device, x, B, S):
         if sync: sync()
         t = time.perf_counter(); step(batches[0])
         if sync: sync()
-        row['first_step_s'] = time.perf_counter() - t
-        for xb in batches[1:3]: step(xb)                          # warm-up
-        losses = []
-        def epoch():
-            for xb in batches: losses.append(step(xb))
-        t_epoch = timeit(epoch, S['repeat'], warmup=0, sync=sync)
-        row.update(img_s=len(batches) * B / t_epoch, step_s=t_epoch / len(batches))
-        if variant == 'compiled': row['compile_s'] = row['first_step_s'] - row['step_s']
-        if not math.isfinite(losses[-1].item()): row['note'] = 'loss not finite'
-    except Exception as e:
-        msg = (str(e).strip().splitlines() or [''])[0][:160]
-        row.update(img_s=None, note=f"failed: {type(e).__name__}: {msg}", failed=True)
-    finally:
-        if variant == 'compiled': torch._dynamo.reset()
-    return row
+        row.update(first_step_s=time.perf_counter() - t, images=len(batches) * B, steps=len(batches))
+        for xb in batches[1:3]: step(xb)                                      # warm-up
+    except Exception as e: return dict(row, note=failure(e), failed=True), None
+    def one_pass():
+        for xb in batches: loss = step(xb)
+        return loss
+    return row, one_pass
+
+@contextlib.contextmanager
+def empty_compile_caches():
+    "Inside the block torch.compile starts from empty on-disk caches (inductor's and Triton's), so compile times are cold ones."
+    saved = {k: os.environ.get(k) for k in ('TORCHINDUCTOR_CACHE_DIR', 'TRITON_CACHE_DIR')}
+    with tempfile.TemporaryDirectory() as d:
+        for k in saved: os.environ[k] = os.path.join(d, k.lower())
+        try: yield
+        finally:
+            for k, v in saved.items():
+                if v is None: os.environ.pop(k, None)
+                else: os.environ[k] = v
+
+def time_variants(device, x, B, S):
+    """One row per training-step variant at batch `B`: images/s in the steady state (median over `S['repeat']` passes
+    over `x`, the variants taking turns so that a busy machine slows them alike), first step and compile seconds."""
+    sync = syncer(device)
+    torch._dynamo.reset()                                                     # a fresh compilation for each batch size
+    prepared = [prepare_variant(v, device, x, B, S) for v in VARIANTS]
+    times = {i: [] for i, (_, run) in enumerate(prepared) if run}
+    for _ in range(S['repeat']):
+        for i in list(times):
+            row, run = prepared[i]
+            try:
+                if sync: sync()
+                t = time.perf_counter(); loss = run()
+                if sync: sync()
+                times[i].append(time.perf_counter() - t)
+                if not math.isfinite(loss.item()): row['note'] = 'loss not finite'
+            except Exception as e:
+                row.update(note=failure(e), failed=True); del times[i]
+    rows = [row for row, _ in prepared]
+    for i, ts in times.items():
+        row = rows[i]; t = statistics.median(ts)
+        row.update(img_s=row['images'] / t, step_s=t / row['steps'])
+        if row['variant'].startswith('compiled'): row['compile_s'] = row['first_step_s'] - row['step_s']
+    eager = rows[VARIANTS.index('eager')].get('img_s')
+    for row in rows:
+        if eager and row.get('img_s'): row['vs_eager'] = row['img_s'] / eager
+        progress(f"train: {row['variant']}, batch {B}: {row.get('img_s') or row.get('note')}")
+    torch._dynamo.reset()
+    return rows
 
 def part_train(device, S, table):
     "Training throughput: `fit` vs a bare loop at batch 64, FLOPs, and the step variants at each batch size."
@@ -129,16 +167,10 @@ def part_train(device, S, table):
                       ('fit_over_bare', 'fit / bare', '{:.0%}'), ('train_mflop_per_img', 'train MFLOP/img', '{:.1f}'),
                       ('achieved_gflops', 'achieved GFLOP/s', '{:.1f}'), ('matmul_gflops', 'matmul GFLOP/s', '{:.1f}'),
                       ('fraction_of_peak', 'of matmul peak', '{:.0%}')]) + '\n', flush=True)
-    rows = []
-    for B in S['train_batches']:
-        for v in VARIANTS:
-            rows.append(time_variant(v, device, x, B, S))
-            progress(f"train: {rows[-1]['variant']}, batch {B}: {rows[-1].get('img_s') or rows[-1].get('note')}")
-            eager = next(q for q in rows if q['B'] == B and q['variant'] == 'eager')
-            if rows[-1].get('img_s') and eager.get('img_s'): rows[-1]['vs_eager'] = rows[-1]['img_s'] / eager['img_s']
-    print(f"### Training step variants (forward, backward, Adam; median of {S['repeat']} passes over {len(x):,} images)\n")
+    with empty_compile_caches(): rows = [row for B in S['train_batches'] for row in time_variants(device, x, B, S)]
+    print(f"### Training step variants (forward, backward, Adam; median of {S['repeat']} passes over {len(x):,} images, variants taking turns)\n")
     print(table(rows, [('variant', 'variant', '{}'), ('B', 'batch', '{}'), ('img_s', 'img/s', '{:.0f}'), ('vs_eager', 'vs eager', '{:.2f}×'),
-                       ('first_step_s', 'first step (s)', '{:.2f}'), ('compile_s', 'compile (s)', '{:.1f}'), ('note', 'note', '{}')]) + '\n')
+                       ('first_step_s', 'first step (s)', '{:.2f}'), ('compile_s', 'compile (s), empty cache', '{:.1f}'), ('note', 'note', '{}')]) + '\n')
     if S['smoke'] and (bad := [q for q in rows if q.get('failed')]):
         raise RuntimeError(f"{len(bad)} training variant(s) failed: " + '; '.join(f"{q['variant']} @ {q['B']}: {q['note']}" for q in bad))
     return dict(fit=r, variants=rows)

@@ -7,6 +7,7 @@ measured side by side in one run carry over between machines, absolute times do 
 nothing here asserts a speed.
 """
 import argparse, inspect, json, math, os, platform, statistics, subprocess, sys, time, traceback
+import vae_nb   # before torch: it sets OMP_WAIT_POLICY=PASSIVE (unless set), as every vae_nb command and notebook has it
 import torch
 from vae_nb.model import VAE
 
