@@ -136,6 +136,7 @@ def _ensure(name:str, # dataset name, for the message
             files:list, # paths that must exist
             fetch:Callable, # downloads them
             download:bool, # call `fetch` when a file is missing
+            offline:str='', # another way to get the files without a network, added to the messages
            ):
     "Make sure every path in `files` exists, fetching them if `download`; else raise `FileNotFoundError`."
     missing = [f for f in files if not Path(f).is_file()]
@@ -143,24 +144,43 @@ def _ensure(name:str, # dataset name, for the message
         try: fetch()
         except (OSError, RuntimeError) as e:               # no network, a refused URL, a failed checksum, ...
             raise ConnectionError(f"{name}: could not download it ({type(e).__name__}: {str(e).strip()[:120]}); to work offline, "
-                                  f"put {', '.join(Path(f).name for f in missing)} into {Path(missing[0]).parent}") from None
+                                  f"put {', '.join(Path(f).name for f in missing)} into {Path(missing[0]).parent}{offline}") from None
         missing = [f for f in files if not Path(f).is_file()]
     if missing:
         more = f' (and {len(missing) - 1} more files)' if len(missing) > 1 else ''
         raise FileNotFoundError(f"{name}: {missing[0]} not found{more}; pass download=True to download it, "
-                                f"or root= the folder that holds it")
+                                f"or root= the folder that holds it{offline}")
 
 # %% ../nbs/02_data.ipynb #4236d26b
 _IDX_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+_SYSTEM_IDX = dict(fashion_mnist=Path('/usr/share/datasets/fashion-mnist'))  # where Debian's package puts the .gz files
+_APT = dict(fashion_mnist='dataset-fashion-mnist')                            # that package
+
+def _read_idx(path:Path, # an IDX file of unsigned bytes, gzipped when its name ends in .gz
+             )->Tensor: # uint8, the shape the file gives
+    "Read an IDX file (two zero bytes, 0x08 for uint8, the number of dimensions, each a big-endian uint32, the bytes)."
+    import gzip
+    with (gzip.open if path.suffix == '.gz' else open)(path, 'rb') as f: data = f.read()
+    if len(data) < 4 or data[:3] != b'\0\0\x08': raise ValueError(f"{path}: expected an IDX file of unsigned bytes, got {data[:4]!r}")
+    ndim = data[3]
+    shape = tuple(np.frombuffer(data, '>u4', ndim, 4).tolist())
+    if len(data) != 4 + 4 * ndim + math.prod(shape):
+        raise ValueError(f"{path}: expected {4 + 4 * ndim + math.prod(shape)} bytes for shape {shape}, got {len(data)}")
+    return torch.from_numpy(np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy())
 
 def _read_idx_dataset(name:str, # 'mnist' or 'fashion_mnist'
                       root:Path, # data folder
                       download:bool, # fetch missing files
                      )->tuple: # uint8 x_train (N, 28, 28), int64 y_train (N,), x_test, y_test
-    "Read MNIST or Fashion-MNIST from its IDX files with torchvision, downloading them if needed."
+    "Read MNIST or Fashion-MNIST: from `root` (torchvision's layout), else the system's copy, else downloaded by torchvision."
     from torchvision.datasets import MNIST, FashionMNIST
     cls = dict(mnist=MNIST, fashion_mnist=FashionMNIST)[name]
-    _ensure(name, [root/cls.__name__/'raw'/f for f in _IDX_FILES], lambda: cls(root, download=True), download)
+    files, system = [root/cls.__name__/'raw'/f for f in _IDX_FILES], _SYSTEM_IDX.get(name)
+    if not all(f.is_file() for f in files) and system and all((system/f'{f}.gz').is_file() for f in _IDX_FILES):
+        x_train, y_train, x_test, y_test = (_read_idx(system/f'{f}.gz') for f in _IDX_FILES)   # read in place: nothing copied
+        return x_train, y_train.long(), x_test, y_test.long()
+    offline = f"; or, offline, `apt-get install {_APT[name]}` (it puts them in {system})" if system else ''
+    _ensure(name, files, lambda: cls(root, download=True), download, offline)
     train, test = cls(root, train=True), cls(root, train=False)
     return train.data, train.targets, test.data, test.targets
 
