@@ -6,8 +6,8 @@
 __all__ = ['CONFIG_NAME', 'WEIGHTS_NAME', 'CARD_NAME', 'PRETRAINED_FILES', 'PretrainedError', 'pretrained_config', 'model_card',
            'save_pretrained', 'from_pretrained', 'vae_nb_export']
 
-# %% ../nbs/03c_hub.ipynb #3746246d
-import contextlib, inspect, json, math, os, re, sys
+# %% ../nbs/03c_hub.ipynb #b5508cc5
+import contextlib, json, math, os, re, sys
 from pathlib import Path
 from typing import Optional, Sequence, Union
 import torch
@@ -18,15 +18,17 @@ import safetensors.torch
 import vae_nb
 from .model import VAE
 from .data import DATASETS
-from .checkpoint import _config_keys, _fsync_dir, _tmp_name, load_checkpoint, load_model, remove_stale_temporaries
+from .dist import resolve_device
+from .checkpoint import load_checkpoint, load_model
+from .checkpoint import _config_keys, _fsync_dir, _tmp_name, remove_stale_temporaries
 from .cli import _user_errors
 
 # %% ../nbs/03c_hub.ipynb #859add8d
 CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = 'config.json', 'model.safetensors', 'README.md'
-PRETRAINED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)  # what `save_pretrained` writes, in the order it renames them
+PRETRAINED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)  # what `save_pretrained` writes, in this order
 
 class PretrainedError(ValueError):
-    "A folder that `from_pretrained` cannot load: a file missing or damaged, or a config no `VAE` can be built from."
+    "A folder that `from_pretrained` cannot load: a file missing or damaged, or a config no `VAE` builds from."
 
 # %% ../nbs/03c_hub.ipynb #b1390c29
 def pretrained_config(model:VAE, # a VAE with the default networks
@@ -46,8 +48,10 @@ def _weights_bytes(model:VAE) -> bytes:
 _WORD = re.compile(r'[A-Za-z0-9][A-Za-z0-9._+-]*')      # a license id or a tag: safe in YAML without quoting
 
 def _check_word(name:str, v) -> str:
+    "Raise `ValueError` unless `v` is a word that YAML reads as itself."
     if not isinstance(v, str) or not _WORD.fullmatch(v):
-        raise ValueError(f"{name}: expected a word of letters, digits and . _ + - (as the Hub's license ids and tags are), got {v!r}")
+        raise ValueError(f"{name}: expected a word of letters, digits and . _ + - "
+                         f"(as the Hub's license ids and tags are), got {v!r}")
     return v
 
 def _dataset_name(dataset:str) -> str:
@@ -61,14 +65,16 @@ def _cell(v) -> str:
 
 def _table(head:tuple, rows:dict) -> str:
     "A two-column markdown table."
-    return '\n'.join([f"| {head[0]} | {head[1]} |", '|---|---|', *(f"| {_cell(k)} | {_cell(v)} |" for k, v in rows.items())])
+    lines = [f"| {head[0]} | {head[1]} |", '|---|---|']
+    return '\n'.join(lines + [f"| {_cell(k)} | {_cell(v)} |" for k, v in rows.items()])
 
 # %% ../nbs/03c_hub.ipynb #3ca5375e
 def _results(test:dict) -> dict:
     "The card's rows for a test result of `evaluate` (and `bits_per_dim`)."
     rows = {}
     if test.get('log_likelihood') is not None:
-        how = ', '.join(s for s in (f"K={test['k']:,} importance samples" if test.get('k') else '', f"{test['n']:,} images" if test.get('n') else '') if s)
+        how = [f"K={test['k']:,} importance samples" if test.get('k') else '', f"{test['n']:,} images" if test.get('n') else '']
+        how = ', '.join(s for s in how if s)
         rows['log-likelihood'] = f"{test['log_likelihood']:.2f} nats per image" + (f" ({how})" if how else '')
     if test.get('bits_per_dim') is not None: rows['bits/dim'] = f"{test['bits_per_dim']:.4f}"
     if test.get('elbo') is not None: rows['ELBO'] = f"{test['elbo']:.2f} nats per image"
@@ -78,38 +84,40 @@ def _results(test:dict) -> dict:
 _USE = """```python
 from vae_nb.model import VAE
 import vae_nb.hub                         # adds VAE.from_pretrained
-model = VAE.from_pretrained('{folder}')   # a folder; from the Hub: huggingface_hub.snapshot_download('<repo id>')
+model = VAE.from_pretrained('{folder}')   # from the Hub: huggingface_hub.snapshot_download('<repo id>')
 images = model.sample(16)                 # (16, C, S, S) in [-1, 1]
 ```"""
+
+def _front_matter(dataset:Optional[str], license:str, tags:Sequence[str]) -> str:
+    "The card's YAML front matter: the library, the license and the tags the Hub reads."
+    tags = ['vae_nb', 'pytorch', 'vae', 'variational-autoencoder', *(_check_word('tags', t) for t in tags)]
+    if dataset in DATASETS: tags.append(dataset)
+    return '\n'.join(['---', 'library_name: vae_nb', f"license: {_check_word('license', license)}",
+                      'pipeline_tag: unconditional-image-generation', 'tags:', *(f"- {t}" for t in dict.fromkeys(tags)), '---'])
 
 def model_card(config:dict, # the model's `config` (the arguments of `VAE`)
                dataset:Optional[str]=None, # what it was trained on: a name in `DATASETS`, or a folder
                settings:Optional[dict]=None, # the run's settings (a checkpoint's `settings`); None values are left out
-               test:Optional[dict]=None, # test results: `log_likelihood`, `k`, `n`, `bits_per_dim`, `elbo` (as `evaluate` gives them)
+               test:Optional[dict]=None, # test results: `log_likelihood`, `k`, `n`, `bits_per_dim`, `elbo`, as `evaluate` has them
                epochs:Optional[int]=None, # epochs trained
-               weights:Optional[str]=None, # which weights these are, e.g. 'EMA of the weights (decay 0.999)'
+               weights:Optional[str]=None, # which weights these are, e.g. 'the EMA of the weights (decay 0.999)'
                license:str='apache-2.0', # a Hugging Face Hub license id
                tags:Sequence[str]=(), # more tags for the Hub, besides vae_nb's own
                folder:str='FOLDER', # the folder name shown in the usage example
               ) -> str: # the text of `README.md`
     "A model card in the Hugging Face Hub's format: YAML front matter, then data, model, training and test results."
-    tags = ['vae_nb', 'pytorch', 'vae', 'variational-autoencoder', *(_check_word('tags', t) for t in tags)]
-    if dataset in DATASETS: tags.append(dataset)
-    front = ['---', 'library_name: vae_nb', f"license: {_check_word('license', license)}",
-             'pipeline_tag: unconditional-image-generation', 'tags:', *(f"- {t}" for t in dict.fromkeys(tags)), '---']
-    c = config
-    what = (f"A variational autoencoder from [vae_nb](https://github.com/vae-nb/vae_nb) for {c['in_channels']}×{c['input_size']}×"
-            f"{c['input_size']} images, with {c['z_dim']} latent dimensions and the `{c.get('likelihood', 'gaussian')}` likelihood "
-            "p(x|z)" + (f", trained on {_dataset_name(dataset)}" if dataset else '') + '.')
-    parts = ['\n'.join(front), f"# vae_nb VAE{f' ({_dataset_name(dataset)})' if dataset else ''}", what,
+    c, data = config, _dataset_name(dataset) if dataset else None
+    what = (f"A variational autoencoder from [vae_nb](https://github.com/vae-nb/vae_nb) for {c['in_channels']}×"
+            f"{c['input_size']}×{c['input_size']} images, with {c['z_dim']} latent dimensions and the "
+            f"`{c.get('likelihood', 'gaussian')}` likelihood p(x|z)" + (f", trained on {data}." if data else '.'))
+    parts = [_front_matter(dataset, license, tags), f"# vae_nb VAE ({data})" if data else '# vae_nb VAE', what,
              '## Model', _table(('setting', 'value'), c)]
     run = {k: v for k, v in (settings or {}).items() if v is not None and k != 'dataset'}
-    done = [s for s in (f"{epochs} epoch{'' if epochs == 1 else 's'}" if epochs is not None else '', weights or '') if s]
-    if run or done: parts += ['## Training', *(['Trained for ' + '; weights: '.join(done) + '.'] if done else []),
-                              *([_table(('setting', 'value'), run)] if run else [])]
+    done = ([f"Trained for {epochs} epoch{'' if epochs == 1 else 's'}."] if epochs is not None else []) + \
+           ([f"Weights: {weights}."] if weights else [])
+    if run or done: parts += ['## Training', *([' '.join(done)] if done else []), *([_table(('setting', 'value'), run)] if run else [])]
     if test and _results(test): parts += ['## Test results', _table(('metric', 'value'), _results(test))]
-    parts += ['## Use', _USE.format(folder=folder)]
-    return '\n\n'.join(parts) + '\n'
+    return '\n\n'.join(parts + ['## Use', _USE.format(folder=folder)]) + '\n'
 
 # %% ../nbs/03c_hub.ipynb #92884c27
 def _write_files(folder:Path, # created if needed
@@ -117,6 +125,7 @@ def _write_files(folder:Path, # created if needed
                 ):
     "Write every file to a temporary file in `folder`, then rename them all into place."
     if folder.exists() and not folder.is_dir(): raise NotADirectoryError(f"{folder}: expected a folder, got a file")
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     tmps = {}
     try:
@@ -128,20 +137,23 @@ def _write_files(folder:Path, # created if needed
     except BaseException as e:
         for tmp in tmps.values():
             with contextlib.suppress(OSError): os.unlink(tmp)
+        if created:
+            with contextlib.suppress(OSError): folder.rmdir()
         if isinstance(e, OSError) and e.errno is not None:
-            raise OSError(e.errno, f"{os.strerror(e.errno).lower()} while writing {folder}; the files there are as they were") from None
+            msg = f"{os.strerror(e.errno).lower()} while writing {folder}; the files there are as they were"
+            raise OSError(e.errno, msg) from None
         raise
     _fsync_dir(folder)
 
 # %% ../nbs/03c_hub.ipynb #63e1899a
 def save_pretrained(model:VAE, # a VAE with the default networks
                     folder:Union[str, os.PathLike], # where the files go; created if needed
-                    **card_info, # what the card says besides the model: `dataset`, `settings`, `test`, `epochs`, `weights`, `license`, `tags` (see `model_card`)
+                    **card_info, # what the card says besides the model, see `model_card`: `dataset`, `test`, `license`, ...
                    ) -> Path: # the folder
     "Write `config.json`, `model.safetensors` and a model card `README.md` into `folder`, atomically."
     if model.custom_networks:
-        raise ValueError("model: a VAE with a custom encoder or decoder cannot be rebuilt from config.json (networks are code); "
-                         "share its state_dict with the code that builds it")
+        raise ValueError("model: a VAE with a custom encoder or decoder cannot be rebuilt from config.json "
+                         "(networks are code); share its state_dict with the code that builds it")
     folder = Path(folder)
     card = model_card(model.config, **{'folder': folder.name, **card_info})
     _write_files(folder, {CONFIG_NAME: (json.dumps(pretrained_config(model), indent=2) + '\n').encode(),
@@ -151,20 +163,26 @@ def save_pretrained(model:VAE, # a VAE with the default networks
 @patch
 def save_pretrained(self:VAE, folder:Union[str, os.PathLike], **card_info) -> Path:
     "`save_pretrained(self, folder, **card_info)`: this model as a folder in the Hugging Face Hub layout."
-    return save_pretrained(self, folder, **card_info)     # the function above: @patch leaves the module's name to it
+    return save_pretrained(self, folder, **card_info)     # the function above: @patch leaves the name to it
 
 # %% ../nbs/03c_hub.ipynb #677179ef
 def _fail(path:Path, what:str): raise PretrainedError(f"{path}: {what}")
 
+def _need(folder:Path, name:str) -> Path:
+    "`folder/name`, or a `PretrainedError` when it is missing."
+    if not (folder/name).is_file():
+        _fail(folder, f"no {name}: expected a folder written by save_pretrained ({', '.join(PRETRAINED_FILES)})")
+    return folder/name
+
 def _read_config(folder:Path) -> dict:
     "The arguments of `VAE` that `folder/config.json` holds, checked."
-    path = folder/CONFIG_NAME
-    if not path.is_file(): _fail(folder, f"no {CONFIG_NAME}: expected a folder written by save_pretrained ({', '.join(PRETRAINED_FILES)})")
+    path = _need(folder, CONFIG_NAME)
     try: cfg = json.loads(path.read_text())
     except UnicodeDecodeError: _fail(path, "damaged: not a text file")
     except json.JSONDecodeError as e: _fail(path, f"damaged: not JSON ({e.msg} at line {e.lineno})")
     if not isinstance(cfg, dict): _fail(path, f"expected a JSON object of VAE settings, got a {type(cfg).__name__}")
-    if cfg.get('_class_name', 'VAE') != 'VAE': _fail(path, f"expected _class_name 'VAE' (a vae_nb model), got {cfg['_class_name']!r}")
+    if cfg.get('_class_name', 'VAE') != 'VAE':
+        _fail(path, f"expected _class_name 'VAE' (a vae_nb model), got {cfg['_class_name']!r}")
     args = {k: v for k, v in cfg.items() if not k.startswith('_')}
     unknown = sorted(set(args) - _config_keys())
     if unknown: _fail(path, f"cannot build a VAE from it: unknown setting {unknown[0]!r} (VAE takes {', '.join(sorted(_config_keys()))})")
@@ -179,20 +197,21 @@ def _build(config:dict, path:Path) -> dict:
 # %% ../nbs/03c_hub.ipynb #e59204c4
 def _read_weights(folder:Path, shapes:dict) -> dict:
     "The tensors of `folder/model.safetensors`, checked against the `shapes` the config's model has."
-    path = folder/WEIGHTS_NAME
-    if not path.is_file(): _fail(folder, f"no {WEIGHTS_NAME}: expected a folder written by save_pretrained ({', '.join(PRETRAINED_FILES)})")
+    path = _need(folder, WEIGHTS_NAME)
     try: w = safetensors.torch.load_file(path)
-    except Exception as e: _fail(path, f"damaged: not a readable safetensors file ({type(e).__name__}: {str(e).splitlines()[0][:80]})")
+    except Exception as e:                           # safetensors' own errors, whatever their class
+        _fail(path, f"damaged: not a readable safetensors file ({type(e).__name__}: {str(e).splitlines()[0][:80]})")
     missing, extra = sorted(set(shapes) - set(w)), sorted(set(w) - set(shapes))
-    if missing or extra:
-        _fail(path, f"the weights do not fit {CONFIG_NAME}: " + (f"{missing[0]!r} is missing" if missing else f"{extra[0]!r} is not in the model"))
+    if missing: _fail(path, f"the weights do not fit {CONFIG_NAME}: {missing[0]!r} is missing")
+    if extra: _fail(path, f"the weights do not fit {CONFIG_NAME}: {extra[0]!r} is not in the model")
     for k, s in shapes.items():
-        if tuple(w[k].shape) != s: _fail(path, f"the weights do not fit {CONFIG_NAME}: {k!r} has shape {tuple(w[k].shape)}, the model's is {s}")
+        if tuple(w[k].shape) != s:
+            _fail(path, f"the weights do not fit {CONFIG_NAME}: {k!r} has shape {tuple(w[k].shape)}, the model's is {s}")
         if w[k].is_floating_point() and not torch.isfinite(w[k]).all(): _fail(path, f"the weights hold NaN or inf (first in {k!r})")
     return w
 
 # %% ../nbs/03c_hub.ipynb #692b4e8b
-def from_pretrained(folder:Union[str, os.PathLike], # a folder written by `save_pretrained` (or downloaded from the Hub)
+def from_pretrained(folder:Union[str, os.PathLike], # a folder written by `save_pretrained`, or downloaded from the Hub
                     device:Union[str, torch.device]='cpu', # where the model goes: 'cpu', 'cuda', 'auto', ...
                    ) -> VAE: # the model, with the folder's weights and their dtype, in eval mode
     "The VAE that `save_pretrained` wrote into `folder`, checked file by file."
@@ -204,63 +223,76 @@ def from_pretrained(folder:Union[str, os.PathLike], # a folder written by `save_
     dtypes = {v.dtype for v in w.values() if v.is_floating_point()}
     if len(dtypes) == 1: model.to(dtypes.pop())                       # bf16 weights stay bf16
     model.load_state_dict(w)
-    from vae_nb.train import resolve_device       # here: train imports checkpoint, which this module needs first
     return model.to(resolve_device(device)).eval()
 
 @patch(cls_method=True)
 def from_pretrained(cls:VAE, folder:Union[str, os.PathLike], device:Union[str, torch.device]='cpu') -> VAE:
     "`from_pretrained(folder, device)`: the VAE that `save_pretrained` wrote into `folder`."
-    return from_pretrained(folder, device)              # the function above: @patch leaves the module's name to it
+    return from_pretrained(folder, device)              # the function above: @patch leaves the name to it
 
-# %% ../nbs/03c_hub.ipynb #309f7bf5
-def _run_metrics(checkpoint:Path, ckpt:dict) -> tuple: # (metrics of this model's run, or {}; a note for the user, or None)
-    "The `metrics.json` beside `checkpoint` when it describes the checkpoint's model."
+# %% ../nbs/03c_hub.ipynb #042b7016
+def _run_metrics(checkpoint:Path, # the checkpoint exported
+                 ckpt:dict, # what `load_checkpoint` read from it
+                ) -> tuple: # (the run's metrics, or {}; a note for the user, or None)
+    "The `metrics.json` beside `checkpoint`, as far as it describes this checkpoint's model."
     path = checkpoint.parent/'metrics.json'
     if not path.is_file(): return {}, None
     try: m = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise ValueError(f"{path}: damaged: not JSON ({type(e).__name__}); move it away to export without it") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: damaged: not JSON ({type(e).__name__}); move it away to export without it") from None
     if not isinstance(m, dict): raise ValueError(f"{path}: expected a JSON object (as vae_nb_train writes), got a {type(m).__name__}")
     if m.get('config', ckpt['config']) != ckpt['config']:
         return {}, f"{path} describes another model (its config differs from the checkpoint's): the card has no test results"
+    scored = (m.get('test') or {}).get('checkpoint')                  # the file the run's test result is of, when it says
+    if scored is not None and Path(scored).name != checkpoint.name:
+        note = f"the test results in {path} are of {Path(scored).name}, not {checkpoint.name}: the card has none"
+        return {k: v for k, v in m.items() if k != 'test'}, note
     return m, None
 
-def _load_for_export(checkpoint:str, raw:bool) -> tuple: # (model, a description of its weights)
-    "The checkpoint's model, with its EMA weights when it has them and `raw` is False."
-    if 'ema' not in inspect.signature(load_model).parameters: return load_model(checkpoint), None   # a vae_nb without EMA
-    ckpt = load_checkpoint(checkpoint)
-    has_ema = ckpt.get('ema') is not None
-    model = load_model(checkpoint, ema=has_ema and not raw)
-    return model, ('EMA of the weights' if has_ema and not raw else 'raw (the run kept an EMA too)' if has_ema else None)
+# %% ../nbs/03c_hub.ipynb #859d95a1
+def _load_for_export(checkpoint:str, # the checkpoint file
+                     ckpt:dict, # what `load_checkpoint` read from it
+                     raw:bool, # the raw weights even when there is an EMA
+                    ) -> tuple: # (the model, what its weights are for the card, or None)
+    "The checkpoint's model: the moving average of its weights when it keeps one, unless `raw`."
+    model = load_model(checkpoint, ema=not raw)
+    if ckpt.get('ema') is None: return model, None
+    return model, 'the raw weights (the run also kept an EMA)' if raw else f"the EMA of the weights (decay {ckpt['ema']['decay']:g})"
 
-# %% ../nbs/03c_hub.ipynb #1df61856
 def _refuse_nonempty(folder:Path, overwrite:bool):
     "Raise `FileExistsError` if `folder` holds anything and `overwrite` is False; `NotADirectoryError` if it is a file."
     if folder.exists() and not folder.is_dir(): raise NotADirectoryError(f"{folder}: expected a folder, got a file")
-    if overwrite or not folder.exists(): return
-    held = sorted(p.name for p in folder.iterdir())
-    if held: raise FileExistsError(f"{folder} already holds {len(held)} file{'s' if len(held) > 1 else ''} ({', '.join(held[:3])}"
-                                   f"{', ...' if len(held) > 3 else ''}): pass --overwrite to write into it ({', '.join(PRETRAINED_FILES)} are replaced, other files kept)")
+    held = sorted(p.name for p in folder.iterdir()) if folder.exists() and not overwrite else []
+    if held:
+        names = ', '.join(held[:3]) + (', ...' if len(held) > 3 else '')
+        raise FileExistsError(f"{folder} already holds {len(held)} file{'s' if len(held) > 1 else ''} ({names}): pass "
+                              f"--overwrite to write into it ({', '.join(PRETRAINED_FILES)} are replaced, other files kept)")
+
+def _export_line(out:Path, model:VAE, epoch:int, weights:Optional[str], test:Optional[dict]) -> str:
+    "What `vae_nb_export` prints: the folder, the model's size and age, and its test log-likelihood when known."
+    what = [f"{sum(p.numel() for p in model.parameters()):,} parameters after {epoch} epoch{'' if epoch == 1 else 's'}"]
+    what += [weights] if weights else []
+    if test and test.get('log_likelihood') is not None: what.append(f"test log-likelihood {test['log_likelihood']:.2f} nats")
+    return f"wrote {out}/: {', '.join(PRETRAINED_FILES)} ({'; '.join(what)})"
 
 # %% ../nbs/03c_hub.ipynb #986ac3ae
 @call_parse
 @_user_errors('vae_nb_export')
 def vae_nb_export(checkpoint:str, # a checkpoint written by vae_nb_train (or fit)
                   folder:str, # the folder to write: config.json, model.safetensors and a model card README.md
-                  overwrite:bool=False, # write into a folder that already holds files (ours are replaced, others kept)
+                  overwrite:bool=False, # write into a folder that holds files already (ours are replaced, others kept)
                   raw:bool=False, # export the raw weights even when the checkpoint keeps an EMA of them
-                  license:str='apache-2.0', # the license named on the model card (a Hugging Face Hub license id)
+                  license:str='apache-2.0', # the license on the model card (a Hugging Face Hub license id)
                  ):
     "Write a checkpoint's model as a folder in the Hugging Face Hub layout, with a model card from its run."
     _check_word('license', license)
     out = Path(folder)
     _refuse_nonempty(out, overwrite)
     ckpt = load_checkpoint(checkpoint)
-    model, weights = _load_for_export(checkpoint, raw)
+    model, weights = _load_for_export(checkpoint, ckpt, raw)
     metrics, note = _run_metrics(Path(checkpoint), ckpt)
     if note: print(f"vae_nb_export: note: {note}", file=sys.stderr)
-    dataset = ckpt['meta'].get('dataset') or metrics.get('dataset')
-    save_pretrained(model, out, dataset=dataset, settings=ckpt['settings'] or metrics.get('settings'), test=metrics.get('test'),
-                    epochs=ckpt['epoch'], weights=weights, license=license)
-    n = sum(p.numel() for p in model.parameters())
-    print(f"wrote {out}/: {', '.join(PRETRAINED_FILES)} ({n:,} parameters after {ckpt['epoch']} epoch{'' if ckpt['epoch'] == 1 else 's'}"
-          f"{f', {weights}' if weights else ''}{'; test log-likelihood ' + format(metrics['test']['log_likelihood'], '.2f') + ' nats' if metrics.get('test', {}).get('log_likelihood') is not None else ''})")
+    test = metrics.get('test')
+    save_pretrained(model, out, dataset=ckpt['settings'].get('dataset') or metrics.get('dataset'), test=test,
+                    settings=ckpt['settings'] or metrics.get('settings'), epochs=ckpt['epoch'], weights=weights, license=license)
+    print(_export_line(out, model, ckpt['epoch'], weights, test))
