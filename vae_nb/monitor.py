@@ -34,7 +34,7 @@ def latent_stats(model:VAE, # the model, on its device
     if n is not None: check_int('n', n, minimum=2)
     seen, shift, s1, s2, kl = 0, None, 0.0, 0.0, 0.0
     cuda = [model.device] if model.device.type == 'cuda' else []
-    with evaluating(model), torch.random.fork_rng(devices=cuda):       # a loader's shuffle leaves training's noise alone
+    with evaluating(model), torch.random.fork_rng(devices=cuda):       # a loader's shuffle leaves training's noise be
         for batch in dl:
             x = _images(batch)[:None if n is None else n - seen].to(model.device)
             if not len(x): continue
@@ -42,7 +42,7 @@ def latent_stats(model:VAE, # the model, on its device
             if shift is None: shift = q.mean[0].double()                  # (z_dim,)
             d = q.mean.double() - shift                                   # (b, z_dim)
             s1, s2 = s1 + d.sum(0), s2 + d.pow(2).sum(0)                  # (z_dim,) each
-            kl = kl + (0.5 * (q.mean.pow(2) + q.var - 1 - q.logvar)).double().sum(0)         # Σ_x KL_i(x), (z_dim,)
+            kl = kl + (0.5 * (q.mean.pow(2) + q.var - 1 - q.logvar)).double().sum(0)    # Σ_x KL_i(x), (z_dim,)
             seen += len(x)
             if seen == n: break
     if seen < 2: raise ValueError(f"dl: expected at least 2 images, got {seen}")
@@ -56,7 +56,7 @@ class ActiveUnits(NamedTuple):
 
 def active_units(model:VAE, # the model, on its device
                  dl:Iterable, # batches of images x, or pairs (x, y)
-                 threshold:float=0.01, # a dimension is active when its activity exceeds this (Burda et al. 2016: 0.01)
+                 threshold:float=0.01, # a dimension is active when its activity exceeds this (Burda et al.: 0.01)
                  n:Optional[int]=None, # use only the first n images; None: all
                 ) -> ActiveUnits:
     "The active units of Burda et al. (2016): dimensions i with Cov_x(E_q[z_i|x]) > `threshold`."
@@ -68,17 +68,17 @@ def active_units(model:VAE, # the model, on its device
 def kl_per_dim(model:VAE, # the model, on its device
                dl:Iterable, # batches of images x, or pairs (x, y)
                n:Optional[int]=None, # use only the first n images; None: all
-              ) -> Tensor: # mean KL[q(z_i|x) ‖ N(0, 1)] per dimension in nats, shape (z_dim,); it sums to the model's mean KL term
+              ) -> Tensor: # mean KL[q(z_i|x) ‖ N(0, 1)] per dimension in nats, (z_dim,): it sums to the mean KL term
     "The KL term of the ELBO, dimension by dimension, averaged over the images of `dl`."
     return latent_stats(model, dl, n).kl
 
 # %% ../nbs/03d_monitor.ipynb #b0716934
 class PosteriorCollapseWarning(UserWarning):
-    "Fewer latent dimensions are active than asked for, after the warm-up: the posterior q(z|x) has collapsed onto the prior."
+    "Fewer latent dimensions are active than asked for, after the warm-up: q(z|x) has collapsed onto the prior."
 
 # %% ../nbs/03d_monitor.ipynb #5fbe2c70
 class HealthMonitor:
-    "A callback for `fit`: `active_units` and `kl_per_dim` in every epoch's record, and a warning when the posterior collapses."
+    "A callback for `fit`: `active_units` and `kl_per_dim` in each epoch's record; a warning on a collapse."
     def __init__(self,
                  dl:Iterable, # images to measure on: a validation loader, never the training one's shuffle
                  threshold:float=0.01, # activity above which a dimension is active (Burda et al. 2016)
@@ -88,11 +88,13 @@ class HealthMonitor:
                 ):
         self.dl, self.n = dl, None if n is None else check_int('n', n, minimum=2)
         self.threshold = check_positive('threshold', threshold)
-        self.min_active, self.after_epoch = check_int('min_active', min_active, minimum=1), check_int('after_epoch', after_epoch)
+        self.min_active = check_int('min_active', min_active, minimum=1)
+        self.after_epoch = check_int('after_epoch', after_epoch)
 
     def collapsed(self, record:dict) -> bool:
         "Whether `record` (an epoch's, with `active_units`) is a collapse after the warm-up."
-        return record.get('epoch', 0) > self.after_epoch and record.get('active_units', self.min_active) < self.min_active
+        active = record.get('active_units', self.min_active)
+        return record.get('epoch', 0) > self.after_epoch and active < self.min_active
 
     def on_epoch_end(self, model:VAE, record:dict, history:list):
         "Measure; add `active_units` and `kl_per_dim` to `record`; warn if the run has just collapsed."
@@ -101,34 +103,37 @@ class HealthMonitor:
         before = [r for r in history if r is not record and r.get('epoch') == record['epoch'] - 1]
         if self.collapsed(record) and not any(map(self.collapsed, before)):
             warnings.warn(f"epoch {record['epoch']}: {record['active_units']} of {len(s.kl)} latent dimensions active "
-                          f"(Var_x E_q[z_i|x] > {self.threshold:g}), fewer than min_active={self.min_active}, KL {s.kl.sum():.3g} nats: "
-                          "the posterior has collapsed onto the prior (a smaller beta, a KL warm-up or a weaker decoder may help)",
+                          f"(Var_x E_q[z_i|x] > {self.threshold:g}), fewer than min_active={self.min_active}, "
+                          f"KL {s.kl.sum():.3g} nats: the posterior has collapsed onto the prior "
+                          "(a smaller beta, a KL warm-up or a weaker decoder may help)",
                           PosteriorCollapseWarning, stacklevel=2)
 
 # %% ../nbs/03d_monitor.ipynb #37dd96d8
-TB_SCALARS = {'loss': 'train/loss', 'nll': 'train/nll', 'kl': 'train/kl', 'lr': 'train/lr', 'grad_norm': 'train/grad_norm',
-              'skips': 'train/skips', 'valid_elbo': 'valid/elbo', 'test_elbo': 'test/elbo',
-              'active_units': 'health/active_units'}  # record key -> TensorBoard tag
+TB_SCALARS = {'loss': 'train/loss', 'nll': 'train/nll', 'kl': 'train/kl', 'lr': 'train/lr',
+              'grad_norm': 'train/grad_norm', 'skips': 'train/skips', 'valid_elbo': 'valid/elbo',
+              'test_elbo': 'test/elbo', 'active_units': 'health/active_units'}  # record key -> TensorBoard tag
 
 def _summary_writer():
     "torch's `SummaryWriter` class, or a one-line error when the `tensorboard` package is missing."
     try: from torch.utils.tensorboard import SummaryWriter
-    except ImportError: raise ModuleNotFoundError("TensorBoard logging needs the tensorboard package: pip install vae_nb[tensorboard]") from None
+    except ImportError:
+        raise ModuleNotFoundError("TensorBoard logging needs the tensorboard package: "
+                                  "pip install vae_nb[tensorboard]") from None
     return SummaryWriter
 
 # %% ../nbs/03d_monitor.ipynb #c6d50127
 class TensorBoardLogger:
-    "A callback for `fit`: the record's scalars every epoch, and image grids of samples and reconstructions every `every` epochs."
+    "A callback for `fit`: the record's scalars every epoch; samples and reconstructions every `every` epochs."
     def __init__(self,
                  log_dir:Union[str, Path], # folder of the event files, e.g. the run's `tensorboard/`
                  every:int=5, # epochs between image grids (and after the last)
-                 images:Optional[Tensor]=None, # images in [-1, 1] to show reconstructed, shape (B, C, S, S); None: no reconstructions
+                 images:Optional[Tensor]=None, # images in [-1, 1] to show reconstructed, (B, C, S, S); None: none
                  n_samples:int=64, # images in the grid of samples from the prior; 0: none
                  seed:int=0, # seed of the prior draws: the same z every time
                 ):
         self._writer_class = _summary_writer()
-        self.log_dir, self.every, self.seed = Path(log_dir), check_int('every', every, minimum=1), check_int('seed', seed)
-        self.n_samples = check_int('n_samples', n_samples)
+        self.log_dir, self.every = Path(log_dir), check_int('every', every, minimum=1)
+        self.n_samples, self.seed = check_int('n_samples', n_samples), check_int('seed', seed)
         if images is not None:
             check_tensor('images', images, (None, None, None, None))
             if not len(images): raise ValueError("images: expected at least one image, got an empty batch")
@@ -140,7 +145,8 @@ class TensorBoardLogger:
         if self.writer is None: self.writer = self._writer_class(str(self.log_dir), purge_step=epoch)
         for key, tag in TB_SCALARS.items():
             v = record.get(key)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v): self.writer.add_scalar(tag, v, epoch)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                self.writer.add_scalar(tag, v, epoch)
         if epoch % self.every == 0: self.write_images(model, epoch)
         self.writer.flush()
 
@@ -162,9 +168,10 @@ def _pairs(model:VAE, x:Tensor) -> Tensor: # (2B, C, S, S): x₀, x̂₀, x₁, 
 
 @patch
 def write_images(self:TensorBoardLogger, model:VAE, epoch:int):
-    "Add the grids `samples` (prior draws, seeded) and `reconstructions` (image, reconstruction, ...) at step `epoch`."
+    "Add the grids `samples` (seeded prior draws) and `reconstructions` (image, reconstruction, ...) at step `epoch`."
     if self.n_samples:
-        with evaluating(model): x = model.sample(self.n_samples, generator=seeded_generator(self.seed, model.device))
+        with evaluating(model): x = model.sample(self.n_samples, seeded_generator(self.seed, model.device))
         self.writer.add_image('samples', image_grid(x, nrow=math.ceil(math.sqrt(self.n_samples))), epoch)
-    if self.images is not None: self.writer.add_image('reconstructions', image_grid(_pairs(model, self.images), nrow=8), epoch)
+    if self.images is not None:
+        self.writer.add_image('reconstructions', image_grid(_pairs(model, self.images), nrow=8), epoch)
     self.imaged = epoch
