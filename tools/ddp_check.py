@@ -13,6 +13,8 @@ test digits:
   d  as a, but from loaders of whole batches (`world_size=1`), of which `fit` gives each process its part;
   e  1 epoch from a DataLoader with a DistributedSampler;
   f  rank 1's part of the second batch holds a NaN: both processes stop there, with the same error;
+  h  2 epochs with the training kit on (EMA, a learning-rate warm-up, gradient clipping, a test set);
+  i  the same, 1 epoch, then a resume to 2;
 and writes what it measured to OUT/results.json (rank 0); last,
   g  rank 1 fails in epoch 2 (a RuntimeError), which ends the launch with an error.
 MODE 'vanish': rank 1 exits quietly (code 0) during epoch 1. MODE 'hang': rank 1 stops answering during epoch 1; the
@@ -26,7 +28,8 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from vae_nb.data import load_mnist5k, to_model_range, InMemoryLoader, MNIST5K_CONFIG
 from vae_nb.distributions import DiagonalGaussianDistribution
 from vae_nb.model import VAE
-from vae_nb.train import fit, evaluate, distributed_info, finish_distributed
+from vae_nb.dist import distributed_info, finish_distributed
+from vae_nb.train import fit, evaluate
 
 N_TRAIN, N_VALID, BATCH, EPOCHS, LR = 512, 500, 64, 2, MNIST5K_CONFIG['lr']
 
@@ -99,6 +102,10 @@ def main(mode:str, out:Path):
     if rank == 1: train = Failing(train, 0, 'nan', step=1)
     try: run(out/'f', dls=(train, valid))
     except FloatingPointError as e: res['nan_errors'] = gather(str(e))
+    kit = dict(ema=0.9, warmup_epochs=1, clip_grad_norm=100.0)           # h, i
+    m = model(); res['kit_history'] = run(out/'h', m=m, test_dl=data()[1], **kit)
+    res['kit_param_sums'] = gather(sum(p.detach().double().abs().sum() for p in m.parameters()).item())
+    run(out/'i', epochs=1, test_dl=data()[1], **kit); res['kit_resumed'] = run(out/'i', test_dl=data()[1], resume=True, **kit)
     res.update(world_size=W, t_first_fit=t_a, t_total=time.perf_counter() - t0)
     if rank == 0: (out/'results.json').write_text(json.dumps(res))
     train, valid = data()                                              # g: ends the launch

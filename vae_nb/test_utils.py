@@ -11,6 +11,7 @@ from torch import nn, Tensor
 from .model import VAE
 from .data import load_mnist5k, to_model_range, get_dataloaders
 from .checks import check_int
+from .train import fit
 
 # %% ../nbs/03b_test_utils.ipynb #f35ffde8
 def tiny_vae(seed:int=0, # seeds the initial weights
@@ -44,7 +45,6 @@ def trained_mlp_vae(epochs:int=2, # epochs on mnist5k's 4,000 training digits
                     seed:int=0, # seeds the weights and the training
                    ) -> tuple: # (model in eval mode, history)
     "An MLP VAE trained briefly on mnist5k (a few seconds on a CPU): enough for pictures that show digits."
-    from vae_nb.train import fit                  # here: train's own tests use this module
     model = mlp_vae(seed, z_dim)
     history = fit(model, get_dataloaders('mnist5k', batch_size=64, seed=seed)[0], epochs=epochs, lr=lr, device='cpu',
                   seed=seed, progress=False)
