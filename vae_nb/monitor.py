@@ -15,6 +15,7 @@ from torch import Tensor
 from fastcore.basics import patch
 from .model import VAE, evaluating, seeded_generator
 from .checks import check_int, check_positive, check_tensor
+from .dist import group_info
 from .train import _images
 from .viz import image_grid, posterior_means, decode_latents
 
@@ -101,14 +102,14 @@ class HealthMonitor:
         s = latent_stats(model, self.dl, self.n)
         record.update(active_units=int((s.variances > self.threshold).sum()), kl_per_dim=s.kl.tolist())
         before = [r for r in history if r is not record and r.get('epoch') == record['epoch'] - 1]
-        if self.collapsed(record) and not any(map(self.collapsed, before)):
+        if self.collapsed(record) and not any(map(self.collapsed, before)) and group_info().rank == 0:
             warnings.warn(f"epoch {record['epoch']}: {record['active_units']} of {len(s.kl)} latent dimensions active "
                           f"(Var_x E_q[z_i|x] > {self.threshold:g}), fewer than min_active={self.min_active}, "
                           f"KL {s.kl.sum():.3g} nats: the posterior has collapsed onto the prior "
                           "(a smaller beta, a KL warm-up or a weaker decoder may help)",
                           PosteriorCollapseWarning, stacklevel=2)
 
-# %% ../nbs/03d_monitor.ipynb #37dd96d8
+# %% ../nbs/03d_monitor.ipynb #551d8790
 TB_SCALARS = {'loss': 'train/loss', 'nll': 'train/nll', 'kl': 'train/kl', 'lr': 'train/lr',
               'grad_norm': 'train/grad_norm', 'skips': 'train/skips', 'valid_elbo': 'valid/elbo',
               'test_elbo': 'test/elbo', 'active_units': 'health/active_units'}  # record key -> TensorBoard tag
@@ -121,7 +122,7 @@ def _summary_writer():
                                   "pip install vae_nb[tensorboard]") from None
     return SummaryWriter
 
-# %% ../nbs/03d_monitor.ipynb #c6d50127
+# %% ../nbs/03d_monitor.ipynb #2849c550
 class TensorBoardLogger:
     "A callback for `fit`: the record's scalars every epoch; samples and reconstructions every `every` epochs."
     def __init__(self,
@@ -140,7 +141,8 @@ class TensorBoardLogger:
         self.images, self.writer, self.imaged = images, None, None
 
     def on_epoch_end(self, model:VAE, record:dict, history:list):
-        "Write `record`'s scalars at step `record['epoch']`; every `every` epochs, the image grids too."
+        "Write `record`'s scalars at step `record['epoch']`; every `every` epochs, the image grids too (main process only)."
+        if group_info().rank != 0: return
         epoch = record['epoch']
         if self.writer is None: self.writer = self._writer_class(str(self.log_dir), purge_step=epoch)
         for key, tag in TB_SCALARS.items():
@@ -160,7 +162,7 @@ class TensorBoardLogger:
         "Flush and close the event file (the next epoch opens a new one)."
         if self.writer is not None: self.writer.close(); self.writer = None
 
-# %% ../nbs/03d_monitor.ipynb #29d49a19
+# %% ../nbs/03d_monitor.ipynb #4a4f81ec
 def _pairs(model:VAE, x:Tensor) -> Tensor: # (2B, C, S, S): x₀, x̂₀, x₁, x̂₁, ...
     "Each image followed by its reconstruction μθ(μφ(x))."
     x = x.to(model.device, model.dtype)
