@@ -73,8 +73,8 @@ def _results(test:dict) -> dict:
     "The card's rows for a test result of `evaluate` (and `bits_per_dim`)."
     rows = {}
     if test.get('log_likelihood') is not None:
-        how = [f"K={test['k']:,} importance samples" if test.get('k') else '', f"{test['n']:,} images" if test.get('n') else '']
-        how = ', '.join(s for s in how if s)
+        how = ', '.join(([f"K={test['k']:,} importance samples"] if test.get('k') else []) +
+                        ([f"{test['n']:,} images"] if test.get('n') else []))
         rows['log-likelihood'] = f"{test['log_likelihood']:.2f} nats per image" + (f" ({how})" if how else '')
     if test.get('bits_per_dim') is not None: rows['bits/dim'] = f"{test['bits_per_dim']:.4f}"
     if test.get('elbo') is not None: rows['ELBO'] = f"{test['elbo']:.2f} nats per image"
@@ -93,12 +93,13 @@ def _front_matter(dataset:Optional[str], license:str, tags:Sequence[str]) -> str
     tags = ['vae_nb', 'pytorch', 'vae', 'variational-autoencoder', *(_check_word('tags', t) for t in tags)]
     if dataset in DATASETS: tags.append(dataset)
     return '\n'.join(['---', 'library_name: vae_nb', f"license: {_check_word('license', license)}",
-                      'pipeline_tag: unconditional-image-generation', 'tags:', *(f"- {t}" for t in dict.fromkeys(tags)), '---'])
+                      'pipeline_tag: unconditional-image-generation', 'tags:',
+                      *(f"- {t}" for t in dict.fromkeys(tags)), '---'])
 
 def model_card(config:dict, # the model's `config` (the arguments of `VAE`)
                dataset:Optional[str]=None, # what it was trained on: a name in `DATASETS`, or a folder
-               settings:Optional[dict]=None, # the run's settings (a checkpoint's `settings`); None values are left out
-               test:Optional[dict]=None, # test results: `log_likelihood`, `k`, `n`, `bits_per_dim`, `elbo`, as `evaluate` has them
+               settings:Optional[dict]=None, # the run's settings, e.g. a checkpoint's; None values are left out
+               test:Optional[dict]=None, # test results as `evaluate` gives them: `log_likelihood`, `k`, `n`, `elbo`, ...
                epochs:Optional[int]=None, # epochs trained
                weights:Optional[str]=None, # which weights these are, e.g. 'the EMA of the weights (decay 0.999)'
                license:str='apache-2.0', # a Hugging Face Hub license id
@@ -115,7 +116,8 @@ def model_card(config:dict, # the model's `config` (the arguments of `VAE`)
     run = {k: v for k, v in (settings or {}).items() if v is not None and k != 'dataset'}
     done = ([f"Trained for {epochs} epoch{'' if epochs == 1 else 's'}."] if epochs is not None else []) + \
            ([f"Weights: {weights}."] if weights else [])
-    if run or done: parts += ['## Training', *([' '.join(done)] if done else []), *([_table(('setting', 'value'), run)] if run else [])]
+    if run or done:
+        parts += ['## Training', *([' '.join(done)] if done else []), *([_table(('setting', 'value'), run)] if run else [])]
     if test and _results(test): parts += ['## Test results', _table(('metric', 'value'), _results(test))]
     return '\n\n'.join(parts + ['## Use', _USE.format(folder=folder)]) + '\n'
 
@@ -148,7 +150,7 @@ def _write_files(folder:Path, # created if needed
 # %% ../nbs/03c_hub.ipynb #63e1899a
 def save_pretrained(model:VAE, # a VAE with the default networks
                     folder:Union[str, os.PathLike], # where the files go; created if needed
-                    **card_info, # what the card says besides the model, see `model_card`: `dataset`, `test`, `license`, ...
+                    **card_info, # what the card says besides the model (see `model_card`): `dataset`, `test`, ...
                    ) -> Path: # the folder
     "Write `config.json`, `model.safetensors` and a model card `README.md` into `folder`, atomically."
     if model.custom_networks:
@@ -185,7 +187,8 @@ def _read_config(folder:Path) -> dict:
         _fail(path, f"expected _class_name 'VAE' (a vae_nb model), got {cfg['_class_name']!r}")
     args = {k: v for k, v in cfg.items() if not k.startswith('_')}
     unknown = sorted(set(args) - _config_keys())
-    if unknown: _fail(path, f"cannot build a VAE from it: unknown setting {unknown[0]!r} (VAE takes {', '.join(sorted(_config_keys()))})")
+    if unknown:
+        _fail(path, f"cannot build a VAE from it: unknown setting {unknown[0]!r} (VAE takes {', '.join(sorted(_config_keys()))})")
     return args
 
 def _build(config:dict, path:Path) -> dict:
@@ -207,11 +210,12 @@ def _read_weights(folder:Path, shapes:dict) -> dict:
     for k, s in shapes.items():
         if tuple(w[k].shape) != s:
             _fail(path, f"the weights do not fit {CONFIG_NAME}: {k!r} has shape {tuple(w[k].shape)}, the model's is {s}")
-        if w[k].is_floating_point() and not torch.isfinite(w[k]).all(): _fail(path, f"the weights hold NaN or inf (first in {k!r})")
+        if w[k].is_floating_point() and not torch.isfinite(w[k]).all():
+            _fail(path, f"the weights hold NaN or inf (first in {k!r})")
     return w
 
 # %% ../nbs/03c_hub.ipynb #692b4e8b
-def from_pretrained(folder:Union[str, os.PathLike], # a folder written by `save_pretrained`, or downloaded from the Hub
+def from_pretrained(folder:Union[str, os.PathLike], # written by `save_pretrained`, or downloaded from the Hub
                     device:Union[str, torch.device]='cpu', # where the model goes: 'cpu', 'cuda', 'auto', ...
                    ) -> VAE: # the model, with the folder's weights and their dtype, in eval mode
     "The VAE that `save_pretrained` wrote into `folder`, checked file by file."
@@ -240,10 +244,11 @@ def _run_metrics(checkpoint:Path, # the checkpoint exported
     try: m = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: damaged: not JSON ({type(e).__name__}); move it away to export without it") from None
-    if not isinstance(m, dict): raise ValueError(f"{path}: expected a JSON object (as vae_nb_train writes), got a {type(m).__name__}")
+    if not isinstance(m, dict):
+        raise ValueError(f"{path}: expected a JSON object (as vae_nb_train writes), got a {type(m).__name__}")
     if m.get('config', ckpt['config']) != ckpt['config']:
         return {}, f"{path} describes another model (its config differs from the checkpoint's): the card has no test results"
-    scored = (m.get('test') or {}).get('checkpoint')                  # the file the run's test result is of, when it says
+    scored = (m.get('test') or {}).get('checkpoint')                  # the file the test result is of, when it says
     if scored is not None and Path(scored).name != checkpoint.name:
         note = f"the test results in {path} are of {Path(scored).name}, not {checkpoint.name}: the card has none"
         return {k: v for k, v in m.items() if k != 'test'}, note
@@ -257,22 +262,24 @@ def _load_for_export(checkpoint:str, # the checkpoint file
     "The checkpoint's model: the moving average of its weights when it keeps one, unless `raw`."
     model = load_model(checkpoint, ema=not raw)
     if ckpt.get('ema') is None: return model, None
-    return model, 'the raw weights (the run also kept an EMA)' if raw else f"the EMA of the weights (decay {ckpt['ema']['decay']:g})"
+    if raw: return model, 'the raw weights (the run also kept an EMA)'
+    return model, f"the EMA of the weights (decay {ckpt['ema']['decay']:g})"
 
 def _refuse_nonempty(folder:Path, overwrite:bool):
-    "Raise `FileExistsError` if `folder` holds anything and `overwrite` is False; `NotADirectoryError` if it is a file."
+    "Raise `FileExistsError` if `folder` holds anything and not `overwrite`; `NotADirectoryError` if it is a file."
     if folder.exists() and not folder.is_dir(): raise NotADirectoryError(f"{folder}: expected a folder, got a file")
     held = sorted(p.name for p in folder.iterdir()) if folder.exists() and not overwrite else []
     if held:
         names = ', '.join(held[:3]) + (', ...' if len(held) > 3 else '')
-        raise FileExistsError(f"{folder} already holds {len(held)} file{'s' if len(held) > 1 else ''} ({names}): pass "
-                              f"--overwrite to write into it ({', '.join(PRETRAINED_FILES)} are replaced, other files kept)")
+        raise FileExistsError(f"{folder} already holds {len(held)} file{'s' if len(held) > 1 else ''} ({names}): pass --overwrite "
+                              f"to write into it ({', '.join(PRETRAINED_FILES)} are replaced, other files kept)")
 
 def _export_line(out:Path, model:VAE, epoch:int, weights:Optional[str], test:Optional[dict]) -> str:
     "What `vae_nb_export` prints: the folder, the model's size and age, and its test log-likelihood when known."
-    what = [f"{sum(p.numel() for p in model.parameters()):,} parameters after {epoch} epoch{'' if epoch == 1 else 's'}"]
-    what += [weights] if weights else []
-    if test and test.get('log_likelihood') is not None: what.append(f"test log-likelihood {test['log_likelihood']:.2f} nats")
+    n = sum(p.numel() for p in model.parameters())
+    what = [f"{n:,} parameters after {epoch} epoch{'' if epoch == 1 else 's'}"] + ([weights] if weights else [])
+    if test and test.get('log_likelihood') is not None:
+        what.append(f"test log-likelihood {test['log_likelihood']:.2f} nats")
     return f"wrote {out}/: {', '.join(PRETRAINED_FILES)} ({'; '.join(what)})"
 
 # %% ../nbs/03c_hub.ipynb #986ac3ae
@@ -280,7 +287,7 @@ def _export_line(out:Path, model:VAE, epoch:int, weights:Optional[str], test:Opt
 @_user_errors('vae_nb_export')
 def vae_nb_export(checkpoint:str, # a checkpoint written by vae_nb_train (or fit)
                   folder:str, # the folder to write: config.json, model.safetensors and a model card README.md
-                  overwrite:bool=False, # write into a folder that holds files already (ours are replaced, others kept)
+                  overwrite:bool=False, # write into a folder that holds files (ours are replaced, others kept)
                   raw:bool=False, # export the raw weights even when the checkpoint keeps an EMA of them
                   license:str='apache-2.0', # the license on the model card (a Hugging Face Hub license id)
                  ):
@@ -294,5 +301,6 @@ def vae_nb_export(checkpoint:str, # a checkpoint written by vae_nb_train (or fit
     if note: print(f"vae_nb_export: note: {note}", file=sys.stderr)
     test = metrics.get('test')
     save_pretrained(model, out, dataset=ckpt['settings'].get('dataset') or metrics.get('dataset'), test=test,
-                    settings=ckpt['settings'] or metrics.get('settings'), epochs=ckpt['epoch'], weights=weights, license=license)
+                    settings=ckpt['settings'] or metrics.get('settings'), epochs=ckpt['epoch'], weights=weights,
+                    license=license)
     print(_export_line(out, model, ckpt['epoch'], weights, test))
