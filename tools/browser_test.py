@@ -16,11 +16,15 @@ each page checks that:
   and the signature with its parameters (nbdev 2.4.14 renders them as a commented `def`
   block) or a parameter table;
 
+- every public symbol is documented once (no show_doc heading twice), no signature holds a raw markdown link,
+  no id is repeated, every link to an anchor of this page or of another checked page finds it;
+- no shown code line runs past its column, and no output shows a temporary path (`/tmp/...`);
+
 and saves a screenshot of each page to `_preview/screenshots/`. One check per page; the last
 line of output is `N passed, M failed`, and the exit status is 1 when a check failed
 (2 when the browser or the preview is missing). Installs nothing.
 """
-import argparse, base64, functools, importlib.util, json, shutil, sys, threading, time
+import argparse, base64, functools, importlib.util, json, posixpath, shutil, sys, threading, time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,6 +32,9 @@ from chromium import start_chromium, BrowserMissing
 
 REPO = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT, MAX_SHOT_HEIGHT = 1280, 900, 12000
+# checks that are reported but do not fail a page (yet): the prefixes of their messages
+ADVISORY = ('documented more than once', 'raw markdown link', 'repeated id', 'code line past the column',
+            'temporary path', 'broken in-page link', 'broken link')
 
 
 def die(msg):
@@ -96,6 +103,27 @@ r.showdocs = [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type
   o.querySelector('h2, h3, h4, h5') && ([...o.querySelectorAll('pre')].some(p => /^\s*(async\s+)?(def|class)\s+\w/.test(p.innerText))
     || [...o.querySelectorAll('table')].some(t => /Type|Details/.test((t.querySelector('thead, tr') || {}).innerText || '')))
 ).length;
+// documented once: show_doc headings (the symbol's name) that appear twice on the page
+const docHeads = [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type="text/markdown"]')]
+  .map(o => o.querySelector('h2, h3, h4, h5')).filter(h => h && o_isdoc(h)).map(h => h.innerText.trim().replace(/\s*¶$/, ''));
+function o_isdoc(h) { const o = h.closest('.jp-OutputArea-output'); return [...o.querySelectorAll('pre')].some(
+  p => /^\s*(async\s+)?(def|class)\s+\w/.test(p.innerText)) || !!o.querySelector('table'); }
+r.duplicates = [...new Set(docHeads.filter((h, i) => docHeads.indexOf(h) !== i))];
+// a markdown link left raw inside a rendered signature: [`name`](https://...)
+r.rawlinks = [...document.querySelectorAll('.jp-OutputArea-output pre')].map(p => p.innerText)
+  .flatMap(t => t.match(/\[`?[\w.]+`?\]\((https?:|#)[^)]*\)/g) || []).slice(0, 5);
+// ids: repeated ones, and every id (for links from other pages)
+const ids = [...document.querySelectorAll('[id]')].map(e => e.id);
+r.dupids = [...new Set(ids.filter((x, i) => ids.indexOf(x) !== i))].filter(x => !/^cell-id=/.test(x)).slice(0, 5);
+r.ids = ids;
+r.links = [...document.querySelectorAll('main a[href*="#"], .jp-Notebook a[href*="#"]')].map(a => a.getAttribute('href'))
+  .filter(h => !/^https?:/.test(h));
+// shown code that runs past its column, and temporary paths in outputs
+r.wide = [...document.querySelectorAll('.jp-InputArea-editor pre, .jp-InputArea pre')]
+  .filter(p => p.scrollWidth > p.clientWidth + 4)
+  .map(p => p.innerText.split('\\n').reduce((a, b) => b.length > a.length ? b : a, '').trim().slice(0, 60)).slice(0, 5);
+r.tmp = [...document.querySelectorAll('.jp-OutputArea-output')].map(o => o.innerText)
+  .flatMap(t => t.match(/\/tmp\/[\w./-]+/g) || []).slice(0, 3);
 const here = location.origin;
 for (const e of document.querySelectorAll('script[src], link[rel~=stylesheet][href], img[src], iframe[src]')) {
   const u = e.src || e.href || '';
@@ -141,7 +169,17 @@ def check_page(drv, base, page, shots):
         if r['matherrs']: problems.append(f"{r['matherrs']} MathJax error(s)")
         if r['rawmath']: problems.append('untypeset $$ maths left in the text')
     if page.get('api') and not r['showdocs']: problems.append('no show_doc API documentation on an API page')
+    problems += [f'documented more than once: {d}' for d in r['duplicates']]
+    problems += [f'raw markdown link in a signature: {l[:80]}' for l in r['rawlinks']]
+    problems += [f'repeated id: {i}' for i in r['dupids']]
+    problems += [f'code line past the column: {w!r}' for w in r['wide']]
+    problems += [f'temporary path in an output: {t}' for t in r['tmp']]
+    here = set(r['ids'])
+    problems += [f'broken in-page link: {h}' for h in dict.fromkeys(r['links']) if h.startswith('#') and h[1:] not in here][:5]
     problems = list(dict.fromkeys(problems))  # each problem once
+    advisory = [p for p in problems if p.startswith(ADVISORY)]
+    problems = [p for p in problems if not p.startswith(ADVISORY)]
+    r['advisory'] = advisory
     shot = shots/(Path(page['page']).with_suffix('.png').as_posix().replace('/', '__'))
     screenshot(drv, shot)
     return problems, r, shot
@@ -168,7 +206,7 @@ def main(argv=None):
     base = f'http://127.0.0.1:{srv.server_address[1]}'
     try: drv = start_browser()
     except Exception as e: die(f'could not start headless Chromium: {str(e).strip().splitlines()[0]}')
-    failed = []
+    failed, ids_of, links_of = [], {}, {}
     try:
         for page in pages:
             t = time.time()
@@ -179,10 +217,24 @@ def main(argv=None):
             print(f"{status} {page['page']:<28} {facts}; {time.time()-t:.1f}s"
                   + (f'; screenshot {shot.relative_to(REPO) if shot and shot.is_relative_to(REPO) else shot}' if shot else ''))
             for pr in problems: print(f'     - {pr}')
+            for pr in r.get('advisory', []): print(f'     - (advisory) {pr}')
             if problems: failed.append((page['page'], problems))
+            ids_of[page['page']], links_of[page['page']] = set(r.get('ids', [])), r.get('links', [])
     finally:
         drv.quit()
         srv.shutdown()
+    for p, links in links_of.items():                  # links to an anchor of another checked page
+        bad = []
+        for h in dict.fromkeys(links):
+            target, _, anchor = h.partition('#')
+            if not target: continue
+            t = posixpath.normpath(posixpath.join(posixpath.dirname(p), target))
+            if t in ids_of and anchor not in ids_of[t]: bad.append(h)
+        if bad:
+            strict = not 'broken link'.startswith(ADVISORY)
+            print(f"{'FAIL' if strict else 'WARN'} {p:<28} links to missing anchors of other pages")
+            for h in bad[:5]: print(f'     - broken link: {h}')
+            if strict and p not in [f for f, _ in failed]: failed.append((p, [f'broken link: {bad[0]}']))
     print(f'checked {len(pages)} page(s) in {time.time()-t0:.1f}s')
     if failed:
         print('FAILED: ' + '; '.join(f'{p} ({len(ps)} problem(s): {ps[0]})' for p, ps in failed))

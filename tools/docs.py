@@ -406,7 +406,19 @@ def render_page(nb, fm, src, page, site, nbs):
     vp = {'css': SITE_CSS + site['extra_css'], 'nav': nav_html(site, page), 'title': title,
           'description': markdown2html_mistune(str(desc)) if desc else ''}
     html, _ = exp.from_notebook_node(nb, resources={'metadata': {'name': title, 'path': str(src.parent)}, 'vp': vp})
-    return fix_links(html, site, page)
+    return quarto_anchors(fix_links(html, site, page))
+
+
+def quarto_anchors(html):
+    """Heading ids and in-page links as Quarto makes them: lower case (nbdev's doc links point at `#vae.encode`), and a
+    repeated id made unique with `-1`, `-2`, ... (nbconvert keeps the heading's case and repeats ids)."""
+    seen = {}
+    def heading(m):
+        i = m.group(2).lower()
+        n = seen.get(i, 0); seen[i] = n + 1
+        return f'{m.group(1)}id="{i}-{n}"' if n else f'{m.group(1)}id="{i}"'
+    html = re.sub(r'(<h[1-6][^>]*?\s)id="([^"]+)"', heading, html)
+    return re.sub(r'href="([^"#:]*)#([^"]+)"', lambda m: f'href="{m.group(1)}#{m.group(2).lower()}"', html)
 
 
 def nav_page(site):
