@@ -70,7 +70,8 @@ def _atomic_save(obj, # what to `torch.save`
                  path:Path, # destination; its folder is created if needed
                 ):
     "`torch.save(obj)` to a temporary file next to `path`, fsync it, and rename it to `path`."
-    buf = io.BytesIO(); torch.save(obj, buf)          # serialise first: write errors then come from our own write
+    # serialise first: write errors then come from our own write
+    buf = io.BytesIO(); torch.save(obj, buf)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = _tmp_name(path)
@@ -157,7 +158,8 @@ def _tensors(d) -> bool: return isinstance(d, dict) and all(isinstance(k, str) a
 
 def _merge_meta(ckpt:dict, path):
     "One record: the `meta` of older files merged into `settings` (which wins); `ckpt['meta']` then names the same record."
-    ckpt.setdefault('settings', {})                                     # files from before settings were recorded
+    # files from before settings were recorded
+    ckpt.setdefault('settings', {})
     for k in ('settings', 'meta'):
         if not isinstance(ckpt.get(k, {}), dict): _fail(path, repr(k), 'a dict', ckpt.get(k))
     ckpt['settings'] = {**ckpt.get('meta', {}), **ckpt['settings']}
@@ -269,7 +271,8 @@ def load_model(path:str|os.PathLike, # a file written by `save_checkpoint`
         if ckpt['custom_networks']:
             raise CheckpointError(f"{path}: the model was saved with a custom encoder or decoder, which a checkpoint "
                                   "cannot rebuild: build it as before and pass it as `model=`")
-        with torch.device('meta'): shapes = {k: v.shape for k, v in VAE(**ckpt['config']).state_dict().items()}   # no memory used
+        # no memory used
+        with torch.device('meta'): shapes = {k: v.shape for k, v in VAE(**ckpt['config']).state_dict().items()}
         if shapes != {k: v.shape for k, v in ckpt['model'].items()}:
             raise CheckpointError(f"{path}: damaged checkpoint: its 'config' does not match the shapes of its weights")
         model = VAE(**ckpt['config'])

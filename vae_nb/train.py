@@ -27,7 +27,8 @@ __all__ = ['OBJECTIVES', 'PRECISIONS', 'SCHEDULES', 'prepare_model', 'evaluate',
 
 # %% ../nbs/03_train.ipynb #5a1b0c77
 _all_ = ['DistInfo', 'distributed_info', 'rank_seed', 'resolve_device', 'init_distributed', 'finish_distributed',
-         'save_checkpoint', 'load_checkpoint', 'load_model']   # importable from here as before they moved to `dist`, `checkpoint`
+         # importable from here as before they moved to `dist`, `checkpoint`
+         'save_checkpoint', 'load_checkpoint', 'load_model']
 
 # %% ../nbs/03_train.ipynb #b1d47f8e
 def prepare_model(model:VAE, # the model
@@ -109,7 +110,8 @@ class _Progress:
     def __enter__(self): return self
     def __exit__(self, *exc):
         if self.bar is not None: self.bar.close()
-        elif self.lines and exc[0] is None: self._line()          # a long estimate in a log ends with its total
+        # a long estimate in a log ends with its total
+        elif self.lines and exc[0] is None: self._line()
 
 # %% ../nbs/03_train.ipynb #2df46ecb
 def _n_images(dl) -> int|None:
@@ -126,7 +128,8 @@ def _log_likelihood_in_slices(model:VAE, x:Tensor, k:int, chunk_size:int|None, p
     step = max(1, per_call // max(B, 1))
     while done < k:
         j = min(step, k - done)
-        part = model.log_likelihood(x, j, chunk_size=chunk_size) + math.log(j)     # log Σ_j w_j over this slice, (B,)
+        # log Σ_j w_j over this slice, (B,)
+        part = model.log_likelihood(x, j, chunk_size=chunk_size) + math.log(j)
         total = part if total is None else torch.logaddexp(total, part)
         done += j; pbar.update(B * j)
     return total - math.log(k)
@@ -145,27 +148,33 @@ def evaluate(model:VAE, # the model, on its device
              k:int|None=None, # importance samples per image for log p(x); None: ELBO only
              n:int|None=None, # use only the first n examples; None: all
              seed:int=0, # seeds the posterior samples; torch's global random state is left as it was
-             progress:bool|str=False, # True or 'auto': a bar on a terminal, lines every 5 s in a log; 'log': lines; False: none
-             chunk_size:int|None=None, # importance samples per image decoded at once, see `VAE.log_likelihood`
-             across_ranks:bool=True, # several processes: each scores its part of `dl`, the sums are added (all must call it)
+             progress:bool|str=False, # True/'auto': a bar on a terminal, else a line every 5 s; 'log': lines
+             chunk_size:int|None=None, # importance samples per image decoded at once (`VAE.log_likelihood`)
+             across_ranks:bool=True, # several processes: each scores its part, the sums are added (all call it)
              K:int|None=None, # deprecated spelling of `k`
-            ) -> dict: # mean `elbo`, `recon_nll` (−log p(x|z)), `kl` [, `log_likelihood`, `k`] in nats per example, and `n`
-    "Mean ELBO (and importance-sampled log-likelihood) per example over `dl`, without gradients, in eval mode."
+            ) -> dict: # means in nats per example: `elbo`, `recon_nll`, `kl` [, `log_likelihood`, `k`]; `n`
+    "Mean ELBO (and importance-sampled log-likelihood) per example over `dl`, in eval mode."
     k = _samples_arg(k, K)
     if n is not None: check_int('n', n, minimum=1)
     rank, W, _ = group_info() if across_ranks else DistInfo(0, 1, 0)
-    split = W == 1 or _splits_batches(dl, 'dl', W)                   # each process scores images rank, rank + W, ... of every batch
+    # each process scores images rank, rank + W, ... of every batch
+    split = W == 1 or _splits_batches(dl, 'dl', W)
     if not split and n is not None: raise ValueError(f"n: expected None with a loader sharded over the processes, got {n}")
-    dev, seen, count = model.device, 0, 0                            # images read (all processes' when split), images scored here
-    sums = torch.zeros(3 if k is None else 4, device=dev)            # Σ −log p(x|z), Σ kl, Σ elbo[, Σ log p(x)]
+    # images read (all processes' when split), images scored here
+    dev, seen, count = model.device, 0, 0
+    # Σ −log p(x|z), Σ kl, Σ elbo[, Σ log p(x)]
+    sums = torch.zeros(3 if k is None else 4, device=dev)
     n_images = n or _n_images(dl)
-    total = None if n_images is None else -(-n_images // W) * (k or 1)                       # this process's share
+    # this process's share
+    total = None if n_images is None else -(-n_images // W) * (k or 1)
     bar = _Progress(total, 'evaluating', progress if rank == 0 else False)
     with evaluating(model), seeded(rank_seed(seed, rank), dev), bar as pbar:
         for batch in dl:
-            x = model.check_images(_images(batch)[:None if n is None else n - seen].to(dev))   # (B, C, S, S), every batch
+            # (B, C, S, S), every batch
+            x = model.check_images(_images(batch)[:None if n is None else n - seen].to(dev))
             seen += x.shape[0]
-            if split and W > 1: x = x[rank::W]                                               # (≈B/W, C, S, S): this process's part
+            # (≈B/W, C, S, S): this process's part
+            if split and W > 1: x = x[rank::W]
             if len(x):
                 _, nll, kl = model(x, check=False)                                           # (b,) each
                 terms = [nll.sum(), kl.sum(), -(nll + kl).sum()]
@@ -173,7 +182,8 @@ def evaluate(model:VAE, # the model, on its device
                 else: pbar.update(x.shape[0])
                 sums += torch.stack(terms); count += x.shape[0]
             if seen == n: break
-    if W > 1:                                                        # one exchange: the sums and counts of all processes
+    # one exchange: the sums and counts of all processes
+    if W > 1:
         t = all_sum(torch.cat([sums.double(), torch.tensor([count], dtype=torch.float64, device=dev)]))
         sums, count = t[:-1], int(t[-1].item())
     if count == 0: raise ValueError("dl: expected at least one batch of images, got none")
@@ -182,9 +192,10 @@ def evaluate(model:VAE, # the model, on its device
 
 # %% ../nbs/03_train.ipynb #7c60fe9a
 class Objective:
-    "What `fit` minimises: `objective(model, x, epoch)` -> (per-example loss (B,), dict of per-example terms to report)."
+    "What `fit` minimises: `objective(model, x, epoch)` -> (per-example loss (B,), dict of per-example terms)."
     name = ''
-    def params(self, epoch:int) -> tuple: return ()                 # numbers of this epoch, passed to `forward` as tensors
+    # numbers of this epoch, passed to `forward` as tensors
+    def params(self, epoch:int) -> tuple: return ()
     def forward(self, model:VAE, x:Tensor, *params:Tensor) -> tuple: raise NotImplementedError
     def __call__(self, model:VAE, x:Tensor, epoch:int=1) -> tuple:
         key = (epoch, x.device)
@@ -230,11 +241,12 @@ class IWAE(Objective):
     def record(self, epoch:int) -> dict: return dict(objective='iwae', k=self.k)
     def to_dict(self) -> dict: return dict(name='iwae', k=self.k)
 
-OBJECTIVES = dict(elbo=ELBO, iwae=IWAE)   # name -> class, for `Objective.from_dict`; add your own subclass here
+# name -> class, for `Objective.from_dict`; add your own subclass here
+OBJECTIVES = dict(elbo=ELBO, iwae=IWAE)
 
 # %% ../nbs/03_train.ipynb #d4e5f6a7
 def _objective_of(objective:Objective|None, beta:float|None, kl_warmup:int|None, iwae:int|None) -> Objective:
-    "`objective`, or the one that the older arguments `beta`, `kl_warmup`, `iwae` describe; `ELBO()` when none is given."
+    "`objective`, or the one that the older `beta`, `kl_warmup`, `iwae` describe; `ELBO()` when none is given."
     old = {k: v for k, v in dict(beta=beta, kl_warmup=kl_warmup, iwae=iwae).items() if v is not None}
     if objective is not None:
         if old: raise ValueError(f"objective: expected objective= or the older {'=, '.join(old)}=, not both")
@@ -274,19 +286,21 @@ def _check_finite_all(rows:list, # per-step tensors (m + 1,) of this process, as
                      ) -> Tensor: # (n, m + 2): the rows, then the images per step; summed over the processes
     "`_check_finite` on the steps of all processes at once (one exchange), so that all stop at the same step."
     s = torch.cat([torch.stack(rows), torch.tensor(sizes, dtype=rows[0].dtype).to(rows[0].device)[:, None]], 1)
-    if W > 1: s = all_sum(s); s[:, -2] = (s[:, -2] == W).to(s.dtype)    # bad input in any process's part is bad input
+    # bad input in any process's part is bad input
+    if W > 1: s = all_sum(s); s[:, -2] = (s[:, -2] == W).to(s.dtype)
     _check_finite(s[:, :-1], first_step, epoch)
     return s
 
 # %% ../nbs/03_train.ipynb #c6d7e8f9
 @dataclasses.dataclass
 class RunState:
-    "One training run beside its model and data: where it runs, how it steps, and what it carries from epoch to epoch."
+    "A training run beside its model and data: where it runs, how it steps, what it carries between epochs."
     device:torch.device = torch.device('cpu')
     rank:int = 0                              # this process's rank, and the processes in the run
     world_size:int = 1
     ddp:DistributedDataParallel|None = None   # several processes: the wrapper that averages the gradients
-    split:bool = True                         # several processes: each trains on its part of every batch (else its own batches)
+    # several processes: each trains on its part of every batch (else its own batches)
+    split:bool = True
     sync_every:int = 20                       # steps between finiteness checks (one host sync each)
     precision:str = 'fp32'                    # 'fp32', or 'bf16': the forward pass under torch.autocast
     clip_grad_norm:float|None = None          # clip the gradients' total norm to this
@@ -317,7 +331,8 @@ def _update(model:VAE, opt:torch.optim.Optimizer, params:list, run:RunState, epo
     "After `backward`: measure, clip or skip, step the optimiser (and the EMA and the schedule); (norm before clipping, skipped)."
     norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])    # () on the device
     if run.clip_grad_norm is not None: torch.nn.utils.clip_grads_with_norm_(params, run.clip_grad_norm, norm)
-    skip = run.skip_grad_norm is not None and not norm.item() <= run.skip_grad_norm           # NaN too; a host sync
+    # NaN too; a host sync
+    skip = run.skip_grad_norm is not None and not norm.item() <= run.skip_grad_norm
     if skip:
         run.skips_in_a_row += 1
         if run.skips_in_a_row >= run.max_skips:
@@ -326,7 +341,8 @@ def _update(model:VAE, opt:torch.optim.Optimizer, params:list, run:RunState, epo
         opt.step(); run.skips_in_a_row = 0
         if run.ema is not None: run.ema.update_parameters(model)
     if run.scheduler is not None:
-        with warnings.catch_warnings():                          # a skipped first step: the schedule still counts it
+        # a skipped first step: the schedule still counts it
+        with warnings.catch_warnings():
             warnings.simplefilter('ignore', UserWarning); run.scheduler.step()
     return norm, skip
 
@@ -345,9 +361,9 @@ def train_epoch(model:VAE, # the model, on its device; trained in place
                 opt:torch.optim.Optimizer, # optimiser over the model's parameters
                 epoch:int=1, # this epoch's number (for messages and the objective's weights)
                 objective:Objective|None=None, # what to minimise; default `ELBO()`
-                run:RunState|None=None, # processes, precision, clipping, EMA, schedule; default: one process, plain steps
+                run:RunState|None=None, # processes, precision, clipping, EMA, schedule; default: plain
                 pbar:tqdm|None=None, # progress bar to advance, one tick per step
-               ) -> dict: # means per example over all processes: `loss` and the objective's terms; `lr`, `grad_norm`, `skips`, `n`
+               ) -> dict: # means per example: `loss`, the objective's terms; `lr`, `grad_norm`, `skips`, `n`
     "One pass over `dl`, one optimiser step per batch on the mean of the objective's per-example loss."
     model.train()
     run, objective = run or RunState(model.device), objective or ELBO()
@@ -355,16 +371,20 @@ def train_epoch(model:VAE, # the model, on its device; trained in place
     params = [p for p in model.parameters() if p.requires_grad]
     rows, sizes, norms, names, skips, checked, lr = [], [], [], [], 0, 0, opt.param_groups[0]['lr']
     for step, batch in enumerate(dl, 1):
-        x = _images(batch).to(dev, non_blocking=True)                # (B, C, S, S): the step's batch, or this process's own
+        # (B, C, S, S): the step's batch, or this process's own
+        x = _images(batch).to(dev, non_blocking=True)
         if step == 1: model.check_images(x)
         ok = torch.isfinite(x).all()                                 # on the device: no host sync
         B = x.shape[0] if run.split else x.shape[0] * W              # images in the step, over all processes
-        if run.split and W > 1: x = x[rank::W]                       # (b, C, S, S), b ≈ B/W: this process's part
+        # (b, C, S, S), b ≈ B/W: this process's part
+        if run.split and W > 1: x = x[rank::W]
         x = torch.where(ok, x, torch.zeros((), dtype=x.dtype, device=dev))   # a bad batch is blanked ...
         with _autocast(dev, run.precision):
-            per, terms = objective(model, x, epoch) if run.ddp is None else run.ddp(x, objective, epoch)   # (b,), {name: (b,)}
+            # (b,), {name: (b,)}
+            per, terms = objective(model, x, epoch) if run.ddp is None else run.ddp(x, objective, epoch)
         per, names = _float32(per), list(terms)
-        loss = (per.mean() if W == 1 else per.sum() * (W / B)) * ok  # ... and its gradient is zero; DDP averages W of these
+        # ... and its gradient is zero; DDP averages W of these
+        loss = (per.mean() if W == 1 else per.sum() * (W / B)) * ok
         opt.zero_grad(set_to_none=True); loss.backward()
         lr = opt.param_groups[0]['lr']
         norm, skipped = _update(model, opt, params, run, epoch, step)
@@ -377,7 +397,8 @@ def train_epoch(model:VAE, # the model, on its device; trained in place
             checked = step
     if not rows: raise ValueError("train_dl: expected at least one batch of images, got none")
     if checked < len(rows): _check_finite_all(rows[checked:], sizes[checked:], checked + 1, epoch, W)
-    tot, n = torch.stack(rows)[:, :-1].sum(0), sum(sizes)            # (m,): Σ loss, Σ of each term, of this process
+    # (m,): Σ loss, Σ of each term, of this process
+    tot, n = torch.stack(rows)[:, :-1].sum(0), sum(sizes)
     if W > 1:
         t = all_sum(torch.cat([tot.double(), torch.tensor([n], dtype=torch.float64, device=dev)]))
         tot, n = t[:-1], int(t[-1].item())
@@ -467,7 +488,8 @@ def _check_kit(ema, clip_grad_norm, skip_grad_norm, max_skips, schedule, warmup_
                 schedule=schedule, warmup_epochs=warmup_epochs, patience=patience, precision=precision)
 
 # %% ../nbs/03_train.ipynb #3fe2ce1e
-_SAME_ON_RESUME = dict(objective=None, ema=None, schedule='constant', warmup_epochs=0)   # and their values in older files
+# and their values in older files
+_SAME_ON_RESUME = dict(objective=None, ema=None, schedule='constant', warmup_epochs=0)
 
 def _check_same_run(saved:dict, now:dict, path):
     "Raise `ValueError` if the run in `path` was trained with another objective, EMA or schedule than this call asks for."
@@ -490,7 +512,8 @@ def _resume_schedule(sched, state:dict, lr:float, saved_lr, total:int):
 
 def _resume(model:VAE, opt, path, lr:float, seed:int, run:RunState, now:dict, total_steps:int) -> tuple:
     "Load weights, optimiser, the kit's state and this process's random state from `path`; (history, epochs completed)."
-    ckpt = load_checkpoint(path)     # on the CPU: random states must stay there; load_state_dict moves the rest
+    # on the CPU: random states must stay there; load_state_dict moves the rest
+    ckpt = load_checkpoint(path)
     if ckpt['optimizer'] is None:
         raise CheckpointError(f"{path}: holds no optimiser state, so training cannot continue exactly from it")
     _check_same_run(ckpt['settings'], now, path)
@@ -556,33 +579,33 @@ def _save(path:Path, model, opt, epoch:int, history:list, settings:dict, run:Run
 
 # %% ../nbs/03_train.ipynb #3d9c58d6
 def fit(model:VAE, # the model; trained in place, and moved to `device`
-        train_dl:Iterable, # batches of images x (B, C, S, S) in [-1, 1], or pairs (x, y); `set_epoch` is called when it has one
-        valid_dl:Iterable|None=None, # a validation split: its ELBO after each epoch (`valid_elbo`), watched by `patience`
+        train_dl:Iterable, # batches of images x (B, C, S, S) in [-1, 1], or pairs (x, y)
+        valid_dl:Iterable|None=None, # a validation split: `valid_elbo` after each epoch, watched by `patience`
         *,
         test_dl:Iterable|None=None, # held-out data for monitoring only (`test_elbo`); never used for a decision
-        objective:Objective|None=None, # what to minimise: `ELBO(beta, warmup)` (the default, `ELBO()`) or `IWAE(k)`
+        objective:Objective|None=None, # what to minimise: `ELBO(beta, warmup)` (default `ELBO()`), `IWAE(k)`
         epochs:int=10, # total epochs, counting those done before a resume
         lr:float=1e-3, # Adam's learning rate (the peak of a schedule)
-        device:str|torch.device='auto', # 'auto' (CUDA when available, else CPU), 'cpu', 'cuda', a torch.device
+        device:str|torch.device='auto', # 'auto' (CUDA when there is a GPU, else CPU), 'cpu', 'cuda', ...
         seed:int=0, # seeds torch's global generator at the start of a fresh run
         checkpoint:str|os.PathLike|None=None, # file written atomically at the start and after every epoch
         resume:bool|str|os.PathLike|None=None, # checkpoint to continue from; True: the `checkpoint` file
         overwrite:bool=False, # allow a fresh run to replace an existing `checkpoint` file
-        settings:dict|None=None, # plain data for the run's record in the checkpoint (the dataset, a CLI's flags)
-        callbacks:Iterable=(), # objects with `on_epoch_end(model, record, history)` and/or `on_fit_end(model, history)`
+        settings:dict|None=None, # plain data for the run's record in the checkpoint (dataset, flags)
+        callbacks:Iterable=(), # objects with `on_epoch_end(model, record, history)`, `on_fit_end(model, history)`
         progress:bool=True, # progress bars, one per epoch (silent anyway when stderr is not a terminal)
-        ema:float|None=None, # keep a moving average of the weights with this decay (e.g. 0.999); evaluate and keep it
+        ema:float|None=None, # decay of a moving average of the weights (e.g. 0.999), evaluated and kept
         clip_grad_norm:float|None=None, # clip the gradients' total norm to this
         skip_grad_norm:float|None=None, # skip updates whose gradient norm exceeds this (counted in `skips`)
         max_skips:int=100, # this many skipped updates in a row raise `SkippedUpdatesError`
         schedule:str='constant', # 'constant' or 'cosine' (decay to 0 at the last step), after `warmup_epochs`
         warmup_epochs:int=0, # epochs of linear learning-rate warm-up
-        patience:int|None=None, # stop after this many epochs without a better `valid_elbo`; `best.pt` keeps the best
-        precision:str='fp32', # 'fp32', or 'bf16': the forward pass under bfloat16 autocast, the losses summed in float32
-        compile:bool=False, # train with the objective's forward through `torch.compile` (once per run; pays off on GPUs)
+        patience:int|None=None, # stop after this many epochs without a better `valid_elbo` (`best.pt`)
+        precision:str='fp32', # 'fp32', or 'bf16': the forward pass under bfloat16 autocast
+        compile:bool=False, # the objective's forward through `torch.compile`, once per run (pays off on GPUs)
         sync_every:int=20, # steps between host syncs: finiteness checks and progress-bar updates
-        timeout_s:float=600, # several processes: how long one waits for the others at an exchange before it fails
-        on_epoch_end:Callable|None=None, # older hook: `on_epoch_end(model, history)` after each checkpoint, on rank 0
+        timeout_s:float=600, # several processes: seconds one waits for the others at an exchange
+        on_epoch_end:Callable|None=None, # older hook: `f(model, history)` after each checkpoint, on rank 0
         meta:dict|None=None, # deprecated: merged into `settings`
         beta:float|None=None, # deprecated: `objective=ELBO(beta)`
         kl_warmup:int|None=None, # deprecated: `objective=ELBO(beta, warmup)`
@@ -590,16 +613,16 @@ def fit(model:VAE, # the model; trained in place, and moved to `device`
        ) -> list: # history: one record per epoch (see the first example)
     """Train `model` with Adam on `objective` (default: the negative ELBO) for `epochs` epochs in total.
 
-    Seeded: a fresh run seeds torch's global generator with `seed`. Checkpoints: with `checkpoint`, the file is
-    written atomically at the start and after every epoch; a fresh run refuses to replace an existing file unless
-    `overwrite`. Exact resume: `resume` (a path, or True for `checkpoint`) restores weights, optimiser, history,
-    random state and the kit's state (EMA, schedule, skips, best epoch), so 1 epoch + resume to 2 equals an unbroken
-    2-epoch run; `lr` applies from there on. NaN stops: a non-finite loss or batch raises `NonFiniteLossError` and
-    the checkpoint keeps the last good epoch. Ctrl-C stops cleanly: the checkpoint holds the last completed epoch,
-    stderr says so, and the history so far is returned. With `ema`, the model ends with the averaged weights.
-    Several processes: started by torchrun, each process trains on its part of every batch (the batch size is
-    global) with DDP averaging the gradients; losses and ELBOs are over all processes; the main process (rank 0)
-    alone writes the checkpoint, prints and calls `on_epoch_end`; callbacks run on every process."""
+    Seeded: a fresh run seeds torch's global generator with `seed`. Checkpoints: with `checkpoint`, the file
+    is written atomically at the start and after every epoch; a fresh run refuses to replace an existing file
+    unless `overwrite`. Exact resume: `resume` (a path, or True for `checkpoint`) restores weights, optimiser,
+    history, random state and the kit's state (EMA, schedule, skips, best epoch), so 1 epoch + resume to 2
+    equals an unbroken 2-epoch run; `lr` applies from there on. NaN stops: a non-finite loss or batch raises
+    `NonFiniteLossError` and the checkpoint keeps the last good epoch. Ctrl-C stops cleanly: the checkpoint
+    holds the last completed epoch, stderr says so, and the history so far is returned. With `ema`, the model
+    ends with the averaged weights. Several processes: started by torchrun, each process trains on its part of
+    every batch (the batch size is global), DDP averaging the gradients; losses and ELBOs are over all
+    processes; rank 0 alone writes the checkpoint, prints and calls `on_epoch_end`; callbacks run everywhere."""
     _check_fit_args(model, epochs, lr, sync_every, checkpoint, resume, timeout_s)
     objective = _objective_of(objective, beta, kl_warmup, iwae)
     kit = _check_kit(ema, clip_grad_norm, skip_grad_norm, max_skips, schedule, warmup_epochs, patience, precision, valid_dl)
@@ -621,12 +644,14 @@ def fit(model:VAE, # the model; trained in place, and moved to `device`
                    _ema(model, kit['ema']), kit['ema'], _scheduler(opt, schedule, warmup_epochs, epochs, n_batches))
     resume = checkpoint if resume is True else resume
     ckpt = None if checkpoint is None else Path(checkpoint)
-    if ckpt and not resume and not overwrite: _refuse_overwrite(ckpt)      # every process; none writes before all have checked
+    # every process; none writes before all have checked
+    if ckpt and not resume and not overwrite: _refuse_overwrite(ckpt)
     if resume: history, done = _resume(model, opt, resume, lr, seed, run, record, epochs * (n_batches or 0))
     else: torch.manual_seed(rank_seed(seed, rank)); history, done = [], 0
     if W > 1: run.ddp = DistributedDataParallel(_Objective(model), device_ids=[dev.index] if dev.type == 'cuda' else None)
     if compile: objective = objective.compiled()                      # once for the run
-    scored = model if run.ema is None else run.ema.module            # what the records, callbacks and the caller see
+    # what the records, callbacks and the caller see
+    scored = model if run.ema is None else run.ema.module
     def save(path=ckpt):
         if ckpt: _save(path, model, opt, done, history, record, run)
     if ckpt and not (resume and Path(resume).resolve() == ckpt.resolve()): save()
@@ -648,16 +673,19 @@ def fit(model:VAE, # the model; trained in place, and moved to `device`
             print(f"fit: stopped early after epoch {done} of {epochs}: no better validation ELBO for {patience} epochs "
                   f"(best {run.best_elbo:.2f} at epoch {run.best_epoch}{kept})", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
-        if ckpt and saved != done and W == 1: save()                 # several processes: no exchange once interrupted
+        # several processes: no exchange once interrupted
+        if ckpt and saved != done and W == 1: save()
         where = f"; {ckpt} holds epoch {saved} (continue with resume='{ckpt}')" if ckpt else '; no checkpoint was asked for'
         if rank == 0: print(f"fit: interrupted during epoch {done + 1} of {epochs}{where}", file=sys.stderr)
-    except RuntimeError as e:                                         # several processes: often another one failed or hung
+    # several processes: often another one failed or hung
+    except RuntimeError as e:
         if W == 1: raise
         where = f"; {ckpt} holds epoch {saved} (continue with resume='{ckpt}')" if ckpt else ''
         first = (str(e).strip().splitlines() or [''])[0][:200]
         print(f"fit: process {rank} of {W} stopped in epoch {done + 1} of {epochs} ({type(e).__name__}: {first}); if another process "
               f"failed first, its error is the cause (torchrun reports it as the root cause){where}", file=sys.stderr, flush=True)
         raise
-    if run.ema is not None: model.load_state_dict(run.ema.module.state_dict())   # the caller gets the averaged weights
+    # the caller gets the averaged weights
+    if run.ema is not None: model.load_state_dict(run.ema.module.state_dict())
     with seeded(done, dev): _call(cbs, 'on_fit_end', model, history)
     return history
