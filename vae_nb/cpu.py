@@ -13,7 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from .checks import check_int
 
 # %% auto #0
-__all__ = ['SMALL_MODEL_FLOPS', 'forward_flops', 'cpu_cores', 'cpu_threads', 'use_cpu_threads', 'chunk_workers', 'map_chunks']
+__all__ = ['SMALL_MODEL_FLOPS', 'forward_flops', 'cpu_cores', 'cpu_threads', 'use_cpu_threads', 'set_chunk_workers',
+           'chunk_workers', 'map_chunks']
 
 # %% ../nbs/00c_cpu.ipynb #4e27250b
 SMALL_MODEL_FLOPS = 30e6  # forward FLOPs per example below which one intra-op thread is as fast as several (see above)
@@ -46,7 +47,7 @@ def use_cpu_threads(model:nn.Module, # the model that will run on the CPU
     if threads is not None: torch.set_num_threads(check_int('threads', threads, minimum=1))
     return torch.get_num_threads()
 
-# %% ../nbs/00c_cpu.ipynb #7edf8750
+# %% ../nbs/00c_cpu.ipynb #a6227611
 _pool, _pool_workers, _pool_lock = None, 0, threading.Lock()
 
 def _one_thread(): torch.set_num_threads(1)      # each worker: one intra-op thread (OpenMP settings are per thread)
@@ -60,8 +61,18 @@ def _executor(workers:int) -> ThreadPoolExecutor:
             _pool, _pool_workers = ThreadPoolExecutor(workers, 'vae_nb-cpu', initializer=_one_thread), workers
         return _pool
 
+_workers = None   # set_chunk_workers's choice; None: automatic
+
+def set_chunk_workers(workers:int|None, # worker threads for `map_chunks`; None: automatic (`chunk_workers`)
+                     ) -> int|None: # the previous setting
+    "Fix the number of worker threads `map_chunks` uses by default (1: no workers), or return to the automatic choice."
+    global _workers
+    old, _workers = _workers, None if workers is None else check_int('workers', workers, minimum=1)
+    return old
+
 def chunk_workers() -> int:
     "Worker threads `map_chunks` uses: `cpu_cores()` when PyTorch uses one intra-op thread on a machine of several cores, else 1."
+    if _workers is not None: return _workers
     return cpu_cores() if torch.get_num_threads() == 1 and cpu_cores() > 1 else 1
 
 def map_chunks(f:Callable, # a function of one item, e.g. decoding one chunk of latents
