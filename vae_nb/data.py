@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_data.ipynb #6020beca
 from __future__ import annotations
-import contextlib, hashlib, importlib.resources, json, math, os, re, uuid, warnings
+import contextlib, hashlib, importlib.resources, io, json, math, os, re, signal, stat, threading, warnings
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -16,13 +16,15 @@ from fastcore.basics import patch
 from torch import Tensor
 from tqdm.auto import tqdm
 from .checks import check_int, check_choice, describe
+from .checkpoint import remove_stale_temporaries
 
 # %% auto #0
-__all__ = ['INPUT_SIZE', 'DATASETS', 'MNIST5K_CONFIG', 'BINARIZE', 'IMAGE_EXTENSIONS', 'CACHE_FORMAT', 'CACHE_VERSION',
-           'dataset_info', 'to_model_range', 'load_mnist5k', 'data_root', 'ImageDataset', 'get_datasets', 'binarize',
-           'epoch_order', 'shard', 'InMemoryLoader', 'find_images', 'split_files', 'load_image', 'decode_folder',
-           'index_folder', 'ImageFolderDataset', 'image_folder_datasets', 'EpochSampler', 'StreamingLoader',
-           'image_loader', 'get_dataloaders']
+__all__ = ['INPUT_SIZE', 'DATASETS', 'MNIST5K_CONFIG', 'BINARIZE', 'IMAGE_EXTENSIONS', 'RUN_FILES', 'MAX_PIXELS', 'CACHE_FORMAT',
+           'CACHE_VERSION', 'SPLITS', 'dataset_info', 'to_model_range', 'load_mnist5k', 'data_root', 'ImageDataset',
+           'get_datasets', 'binarize', 'epoch_order', 'shard', 'InMemoryLoader', 'find_images', 'split_files',
+           'load_image', 'DataLoaderError', 'decode_folder', 'index_folder', 'ImageFolderDataset',
+           'image_folder_datasets', 'EpochSampler', 'StreamingLoader', 'image_loader', 'get_dataloaders',
+           'split_record', 'check_split_record']
 
 # %% ../nbs/02_data.ipynb #72b006f0
 INPUT_SIZE = 32  # side of every image the model sees
@@ -60,6 +62,12 @@ def _folder_shape(image_size:int|None=None, # side S of a folder's square images
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 16 or image_size % 16:
         raise ValueError(f"image_size: expected a multiple of 16 (the default networks halve it four times), got {image_size!r}")
     return int(image_size), check_choice('channels', 3 if channels is None else channels, (1, 3))
+
+def _check_fraction(name:str, v, zero:bool=False)->float:
+    "`v` as a fraction strictly between 0 and 1 (or 0 itself when `zero`)."
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < 1 if zero else 0 < v < 1):
+        raise ValueError(f"{name}: expected a number {'>= 0 and < 1' if zero else 'strictly between 0 and 1'}, got {v!r}")
+    return float(v)
 
 # %% ../nbs/02_data.ipynb #6be98a8f
 def dataset_info(name:str|os.PathLike, # one of `DATASETS`, or a folder of images (see `ImageFolderDataset`)
@@ -249,25 +257,39 @@ class ImageDataset(torch.utils.data.Dataset):
 _READERS = dict(mnist5k=lambda root, download: load_mnist5k(), mnist=partial(_read_idx_dataset, 'mnist'),
                 fashion_mnist=partial(_read_idx_dataset, 'fashion_mnist'), svhn=_read_svhn, cifar10=_read_cifar10)
 
+def _valid_split(ds:ImageDataset, # a built-in set's training split
+                 valid_fraction:float, # share held out
+                )->tuple: # (train, valid) `ImageDataset`s, each in stored order
+    "Hold out round(n·valid_fraction) training images (at least 1, at most n-1), chosen by a generator of their own: the same for every run."
+    n = len(ds)
+    held = torch.zeros(n, dtype=torch.bool)
+    held[torch.randperm(n, generator=_generator(0, n, spawn_key=_VALID))[:min(n - 1, max(1, round(n * valid_fraction)))]] = True
+    return ImageDataset(ds.x[~held], ds.y[~held], ds.classes), ImageDataset(ds.x[held], ds.y[held], ds.classes)
+
 def get_datasets(name:str|os.PathLike='mnist5k', # one of `DATASETS`, or a folder of images
                  root:str|os.PathLike|None=None, # data folder for downloads, see `data_root`; unused by mnist5k and folders
                  download:bool=True, # download a missing dataset on first use
                  image_size:int|None=None, # a folder's side S (None: 32), see `dataset_info`
                  channels:int|None=None, # a folder's channels, 1 or 3 (None: 3)
+                 valid_fraction:float=0.0, # share of the training set held out for validation (never from the test set); 0: none
                  **kwargs, # a folder's other options, see `image_folder_datasets`: test_fraction, split_seed, on_error, memory_budget, cache, cache_dir, num_workers, progress
-                )->tuple: # (train, test) `ImageDataset`s, or `ImageFolderDataset`s for a folder
+                )->tuple: # (train, test) `ImageDataset`s, or `ImageFolderDataset`s for a folder; (train, valid, test) with a `valid_fraction`
     "Train and test datasets of `name`, yielding (x float32 (C, S, S) in [-1, 1], y int64); S is 32 for the built-in sets."
     d = _resolve(name)
-    if isinstance(d, Path): return image_folder_datasets(d, *_folder_shape(image_size, channels), **kwargs)
+    _check_fraction('valid_fraction', valid_fraction, zero=True)
+    if isinstance(d, Path): return image_folder_datasets(d, *_folder_shape(image_size, channels), valid_fraction=valid_fraction, **kwargs)
     info = dataset_info(d, image_size, channels)
     if kwargs: raise ValueError(f"{', '.join(kwargs)}: options of a folder of images; {d} takes none")
     if not isinstance(download, bool): raise ValueError(f"download: expected True or False, got {download!r}")
-    try: x_train, y_train, x_test, y_test = _READERS[d](data_root(root), download)
+    lock = _locked(data_root(root)/f'.{d}.lock') if download and d != 'mnist5k' else contextlib.nullcontext()  # one download at a time
+    try:
+        with lock: x_train, y_train, x_test, y_test = _READERS[d](data_root(root), download)
     except (ConnectionError, FileNotFoundError): raise
     except Exception as e:                                    # a truncated, empty or foreign file that a reader choked on
         raise ValueError(f"{d}: its files under {data_root(root)} are damaged or are not {d}'s ({type(e).__name__}"
                          f"{': ' + str(e).strip().splitlines()[0][:100] if str(e).strip() else ''}); delete them to download them again") from None
-    return ImageDataset(x_train, y_train, info['classes']), ImageDataset(x_test, y_test, info['classes'])
+    train, test = ImageDataset(x_train, y_train, info['classes']), ImageDataset(x_test, y_test, info['classes'])
+    return (*_valid_split(train, valid_fraction), test) if valid_fraction else (train, test)
 
 # %% ../nbs/02_data.ipynb #8d34500d
 BINARIZE = ('fixed', 'dynamic')  # the ways of making pixels binary
@@ -283,7 +305,7 @@ def binarize(x:Tensor, # uint8 images, any shape
     return white.to(torch.uint8) * 255
 
 # %% ../nbs/02_data.ipynb #a4fa4e20
-_SPLIT, _DRAWS, _ONCE = (1,), (2,), (3,)  # `spawn_key`s: a folder's split, the dynamic draws, the draws made once
+_VALID, _DRAWS, _ONCE, _WORKERS = (1,), (2,), (3,), (4,)  # `spawn_key`s: the valid split, the dynamic draws, the draws made once, workers' seeds
 
 def _generator(seed:int, # the run's seed
                *key:int, # more non-negative ints that pick the stream, e.g. the epoch
@@ -380,7 +402,7 @@ class InMemoryLoader:
         _local_batch(batch_size, self.world_size)
         self.x, self.y, self.batch_size, self.shuffle, self.drop_last = x, y, batch_size, bool(shuffle), bool(drop_last)
         self.seed, self.tfm, self.pad, self.binarize, self.redraw = seed, tfm, bool(pad), binarize, bool(redraw)
-        self.n, self.epoch = len(x), 0  # number of examples (over all ranks); epoch of the next pass
+        self.n, self.epoch, self.files = len(x), 0, None  # number of examples (over all ranks); epoch of the next pass; see `image_loader`
     @property
     def local_batch_size(self)->int: return self.batch_size // self.world_size  # this rank's share of a batch
     def __len__(self): # batches this rank serves per pass
@@ -437,37 +459,65 @@ def __iter__(self:InMemoryLoader):
     return (self._batch(idx, i, epoch) for i in range(len(self)))
 
 # %% ../nbs/02_data.ipynb #80f79e60
-IMAGE_EXTENSIONS = ('.bmp', '.jpeg', '.jpg', '.png', '.webp')
+IMAGE_EXTENSIONS = ('.avif', '.bmp', '.gif', '.heic', '.heif', '.jpeg', '.jpg', '.png', '.tif', '.tiff', '.webp')
+RUN_FILES = ('checkpoint.pt', 'metrics.json')  # a folder holding one of these is a vae_nb run, never data
 
-def _is_image(p:Path)->bool: return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith('.')
+def _scan(folder:Path, # a folder to read
+          rel:str, # its path relative to the dataset's folder ('' for the folder itself)
+          out:list, # appended: relative paths of the image files found
+          skipped:list, # appended: (relative path, why) of what was left out
+          seen:set, # (device, inode) of the folders and files read so far: each is read once, however linked
+         ):
+    "Collect the regular image files under `folder`, following links once; hidden entries, runs and non-regular files left out."
+    try: entries = list(os.scandir(folder))
+    except OSError as err: skipped.append((rel or '.', f"cannot list it: {err.strerror}")); return
+    if rel and any(en.name in RUN_FILES for en in entries):
+        skipped.append((rel + '/', f"a vae_nb run: it holds {next(en.name for en in entries if en.name in RUN_FILES)}")); return
+    for en in sorted(entries, key=lambda en: (en.is_symlink(), en.name)):          # real entries first, then links
+        if en.name.startswith('.'): continue                                          # hidden, and the cache
+        path = f"{rel}/{en.name}" if rel else en.name
+        try: st = os.stat(en.path)                                                    # follows links; opens nothing
+        except OSError: skipped.append((path, 'a broken link' if en.is_symlink() else 'cannot read it')); continue
+        key = (st.st_dev, st.st_ino)
+        if stat.S_ISDIR(st.st_mode):
+            if key in seen: skipped.append((path + '/', 'a link to a folder already read')); continue
+            seen.add(key); _scan(Path(en.path), path, out, skipped, seen)
+        elif Path(en.name).suffix.lower() in IMAGE_EXTENSIONS:
+            if not stat.S_ISREG(st.st_mode): skipped.append((path, 'not a regular file'))
+            elif key in seen: skipped.append((path, 'a link to a file already read'))
+            else: seen.add(key); out.append(path)
 
-def _images_under(root:Path, # a folder
-                 )->tuple: # (relative paths under root, the class name of each or None)
-    "The image files under `root`: loose ones (no labels), or those in each class subfolder (any depth), sorted."
-    loose = sorted(p.name for p in root.iterdir() if p.is_file() and _is_image(p))
-    files, labels = [], []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.')):
-        for top, dirs, names in os.walk(d):
-            dirs[:] = sorted(n for n in dirs if not n.startswith('.'))
-            rel = Path(top).relative_to(root)
-            for name in sorted(names):
-                if _is_image(Path(name)): files.append((rel/name).as_posix()); labels.append(d.name)
-    if loose and files:
-        raise ValueError(f"{root}: expected either images directly in it (no labels) or one subfolder per class, got both "
-                         f"(e.g. {loose[0]} and {files[0]})")
-    return (files, labels) if files else (loose, [None] * len(loose))
+def _images_under(folder:Path, # the dataset's folder
+                  part:str|None, # 'train' or 'test': read folder/part; None: the folder itself
+                  skipped:list, # appended: what was left out, see `_scan`
+                  seen:set, # see `_scan`
+                 )->tuple: # (relative paths, sorted; the class name of each or None)
+    "The image files under `folder` (or its `part`): loose ones (no labels), or those in each class subfolder (any depth)."
+    found, root = [], folder/part if part else folder
+    st = os.stat(root); seen.add((st.st_dev, st.st_ino))
+    _scan(root, part or '', found, skipped, seen)
+    found.sort()
+    inner = [f.split('/', 1)[1] if part else f for f in found]                      # relative to the part
+    loose, nested = [f for f in inner if '/' not in f], [f for f in inner if '/' in f]
+    if loose and nested:
+        raise ValueError(f"{folder/part if part else folder}: expected either images directly in it (no labels) or one subfolder "
+                         f"per class, got both (e.g. {loose[0]} and {nested[0]})")
+    return found, [f.split('/')[0] if nested else None for f in inner]
 
 # %% ../nbs/02_data.ipynb #6b170085
 def find_images(folder:str|os.PathLike, # a folder of images, or of class subfolders, or of train/ and test/ holding either
-               )->dict: # files (relative, sorted), labels (int per file; -1 unlabelled), classes (sorted names; [] unlabelled), parts ('train'/'test' per file, or None)
+               )->dict: # files (relative, sorted), labels (int per file; -1 unlabelled), classes (sorted names; [] unlabelled), parts ('train'/'test' per file, or None), skipped [(path, why)], note (str)
     "The image files of `folder`, their class labels from the subfolder names, and the train/test split the folder gives, if any."
     folder = Path(folder).expanduser()
     if not folder.is_dir(): raise FileNotFoundError(f"{folder}: no such folder")
-    split = (folder/'train').is_dir() and (folder/'test').is_dir()
-    files, names, parts = [], [], []
-    for part in (('train', 'test') if split else (None,)):
-        f, n = _images_under(folder/part if part else folder)
-        files += [f"{part}/{p}" if part else p for p in f]; names += n; parts += [part] * len(f)
+    has_train, has_test = (folder/'train').is_dir(), (folder/'test').is_dir()
+    split, note = has_train and has_test, ''
+    if has_train and not has_test:
+        note = f"{folder}: has train/ but no test/: its class subfolders are kept and a test split is drawn from train/ (test_fraction)"
+    files, names, parts, skipped, seen = [], [], [], [], {(os.stat(folder).st_dev, os.stat(folder).st_ino)}
+    for part in (('train', 'test') if split else ('train',) if has_train else (None,)):
+        f, n = _images_under(folder, part, skipped, seen)
+        files += f; names += n; parts += [part] * len(f)
     if not files:
         raise ValueError(f"{folder}: expected image files ({', '.join(IMAGE_EXTENSIONS)}) in it or in one subfolder per "
                          "class, found none")
@@ -475,28 +525,39 @@ def find_images(folder:str|os.PathLike, # a folder of images, or of class subfol
         raise ValueError(f"{folder}: expected train/ and test/ to both have class subfolders or both have none")
     classes = [] if names[0] is None else sorted(set(names))
     labels = [-1] * len(files) if not classes else [classes.index(n) for n in names]
-    return dict(files=files, labels=labels, classes=classes, parts=parts if split else None)
+    return dict(files=files, labels=labels, classes=classes, parts=parts if split else None, skipped=skipped, note=note)
 
 # %% ../nbs/02_data.ipynb #a92d07da
-def split_files(n:int, # number of files
-                test_fraction:float=0.1, # share of them held out for testing
+def _hash_fraction(name:str, # a file's relative path
+                   seed:int, # the split's seed
+                   salt:str, # which split: 'test' or 'valid'
+                  )->float: # in [0, 1)
+    "sha1 of (salt, seed, name), its first 8 bytes read as a fraction of 2**64: a fixed, uniform draw per file."
+    return int.from_bytes(hashlib.sha1(f"{salt}\0{seed}\0{name}".encode()).digest()[:8], 'big') / 2**64
+
+def split_files(files:list, # relative paths of the files
+                test_fraction:float=0.1, # share of them held out
                 seed:int=0, # fixes which
-               )->Tensor: # (n,) bool, True for test files
-    "A random train/test split of `n` files, fixed by `seed`: round(n·test_fraction) test files, at least one on each side."
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction: expected a number strictly between 0 and 1, got {test_fraction!r}")
-    if n < 2: raise ValueError(f"folder: expected at least 2 image files to split into train and test, got {n}")
-    n_test = min(n - 1, max(1, round(n * test_fraction)))
-    test = torch.zeros(n, dtype=torch.bool)
-    test[torch.randperm(n, generator=_generator(seed, spawn_key=_SPLIT))[:n_test]] = True
-    return test
+                salt:str='test', # the split drawn: 'test', or 'valid' (from the training files)
+               )->Tensor: # (n,) bool, True for the files held out
+    "Hold out file f when its hash fraction sha1(salt, seed, f) < `test_fraction`: each file decides alone, so adding files moves no other."
+    _check_fraction(salt + '_fraction', test_fraction); check_int('seed', seed)
+    if len(files) < 2: raise ValueError(f"folder: expected at least 2 image files to split into train and {salt}, got {len(files)}")
+    u = torch.tensor([_hash_fraction(f, seed, salt) for f in files], dtype=torch.float64)  # (n,) in [0, 1)
+    held = u < test_fraction
+    if not held.any(): held[u.argmin()] = True                         # a folder too small for the fraction: one each side
+    if held.all(): held[u.argmax()] = False
+    return held
 
 # %% ../nbs/02_data.ipynb #ad568eda
-_MAGIC = dict(png=(b'\x89PNG\r\n\x1a\n',), jpeg=(b'\xff\xd8\xff',), bmp=(b'BM',), gif=(b'GIF87a', b'GIF89a'))
+_MAGIC = dict(png=(b'\x89PNG\r\n\x1a\n',), jpeg=(b'\xff\xd8\xff',), bmp=(b'BM',), gif=(b'GIF87a', b'GIF89a'),
+              tiff=(b'II*\x00', b'MM\x00*'))
+_HEIF_BRANDS = {b'heic', b'heix', b'hevc', b'heim', b'heis', b'hevm', b'hevs', b'mif1', b'msf1'}
 
 def _kind(data:bytes)->str|None:
-    "The image format that `data` starts with ('png', 'jpeg', 'bmp', 'webp', 'gif'), or None."
+    "The image format that `data` starts with ('png', 'jpeg', 'bmp', 'webp', 'gif', 'tiff', 'heic', 'avif'), or None."
     if data[:4] == b'RIFF' and data[8:12] == b'WEBP': return 'webp'
+    if data[4:8] == b'ftyp': return 'avif' if data[8:12] in (b'avif', b'avis') else 'heic' if data[8:12] in _HEIF_BRANDS else None
     return next((k for k, ms in _MAGIC.items() if any(data.startswith(m) for m in ms)), None)
 
 def _reason(e:Exception)->str:
@@ -516,22 +577,66 @@ def _quiet_torchvision():
         warnings.filterwarnings('ignore', message='The image decoding and encoding capabilities of TorchVision', category=DeprecationWarning)
         yield
 
+# %% ../nbs/02_data.ipynb #c0b0b002
+MAX_PIXELS = 89_478_485  # the most pixels an image may have: Pillow's MAX_IMAGE_PIXELS
+
+def _size(data:bytes, # the file's bytes
+          kind:str, # its format, see `_kind`
+         )->tuple|None: # (width, height), or None where the header cannot be read
+    "An image's size from its header, decoding no pixels: PNG's IHDR directly, the others through Pillow's lazy open."
+    if kind == 'png': return (int.from_bytes(data[16:20], 'big'), int.from_bytes(data[20:24], 'big')) if len(data) >= 24 else None
+    from PIL import Image
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im: return im.size
+    except Image.DecompressionBombError as err:                              # over twice Pillow's limit: its message has the count
+        n = re.search(r'\((\d+) pixels\)', str(err))
+        return (int(n.group(1)), 1) if n else (MAX_PIXELS + 1, 1)
+    except Exception: return None                                            # the decoder will say what is wrong
+
+def _check_pixels(data:bytes, kind:str):
+    "Raise `ValueError` when the image's header says it has more than `MAX_PIXELS` pixels."
+    wh = _size(data, kind)
+    if wh and wh[0] * wh[1] > MAX_PIXELS:
+        size = f"{wh[0]}x{wh[1]} pixels" if wh[1] > 1 else f"{wh[0]:,} pixels"
+        raise ValueError(f"{size}, over the limit of {MAX_PIXELS:,} (a guard against decompression bombs: `vae_nb.data.MAX_PIXELS`)")
+
 # %% ../nbs/02_data.ipynb #6defac60
+def _pil_decode(data:bytes, # the file's bytes
+                channels:int, # 1 or 3
+               )->Tensor: # uint8 (channels, H, W), turned as its EXIF orientation says
+    "Decode with Pillow (BMP, TIFF, WebP): the first frame, EXIF orientation applied, converted to grey or RGB."
+    from PIL import Image, ImageOps
+    with Image.open(io.BytesIO(data)) as im:
+        im.seek(0)
+        im = ImageOps.exif_transpose(im)
+        a = np.asarray(im.convert('L' if channels == 1 else 'RGB') if im.mode not in ('I;16', 'I;16B', 'I') else
+                       Image.fromarray((np.asarray(im, np.uint32) >> 8).astype(np.uint8)).convert('L' if channels == 1 else 'RGB'))
+    return torch.from_numpy(a.copy()).reshape(a.shape[0], a.shape[1], -1).permute(2, 0, 1)      # (C, H, W)
+
 def _decode(data:bytes, # the file's bytes
             channels:int, # 1 (grey) or 3 (RGB)
            )->Tensor: # uint8 (channels, H, W)
-    "Decode PNG, JPEG, WebP (torchvision) or BMP (Pillow); drop alpha, convert grey/RGB, 16 bits to 8."
+    "Decode PNG, JPEG, GIF (torchvision), BMP, TIFF, WebP (Pillow), HEIC/AVIF (where torchvision can); EXIF orientation applied."
     tvio, TF = _tv()
     kind = _kind(data)
-    if kind is None: raise ValueError(f"not a PNG, JPEG, BMP or WebP file (it starts with {data[:8]!r})")
-    if kind == 'bmp':
-        import io
-        from PIL import Image
-        with Image.open(io.BytesIO(data)) as im: a = np.asarray(im.convert('L' if channels == 1 else 'RGB'))
-        img = torch.from_numpy(a.copy()).reshape(a.shape[0], a.shape[1], -1).permute(2, 0, 1)      # (C, H, W)
+    if kind is None: raise ValueError(f"not a PNG, JPEG, GIF, BMP, TIFF, WebP, HEIC or AVIF file (it starts with {data[:8]!r})")
+    _check_pixels(data, kind)
+    if kind in ('bmp', 'tiff', 'webp'): img = _pil_decode(data, channels)
     else:
-        mode = tvio.ImageReadMode.GRAY if channels == 1 and kind in ('png', 'jpeg') else tvio.ImageReadMode.RGB  # WebP/GIF: RGB only
-        with _quiet_torchvision(): img = tvio.decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode)  # (c, H, W)
+        mode = tvio.ImageReadMode.GRAY if channels == 1 and kind in ('png', 'jpeg') else tvio.ImageReadMode.RGB  # GIF, HEIC: RGB only
+        try:
+            t = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            with _quiet_torchvision():
+                img = (getattr(tvio, f'decode_{kind}')(t, mode) if kind in ('heic', 'avif') else                  # (c, H, W)
+                       tvio.decode_image(t, mode, apply_exif_orientation=kind in ('png', 'jpeg')))            # or GIF (N, c, H, W)
+        except RuntimeError as err:
+            if kind in ('heic', 'avif') and 'torchvision-extra-decoders' in str(err):
+                raise ValueError(f"a {kind.upper()} image, which this torchvision cannot decode (`pip install torchvision-extra-decoders`, "
+                                 "or convert it to JPEG)") from None
+            raise
+        if img.ndim == 4: img = img[0]                                                             # an animated GIF: its first frame
     if img.dtype != torch.uint8: img = TF.to_dtype(img, torch.uint8, scale=True)                   # 16-bit PNG
     if img.shape[0] in (2, 4): img = img[:-1]                                                      # alpha: dropped
     if img.shape[0] != channels: img = TF.rgb_to_grayscale(img) if channels == 1 else img.expand(3, -1, -1)
@@ -550,14 +655,16 @@ def _try_load(path:Path, # an image file
               image_size:int, # side S
               channels:int, # 1 or 3
              )->tuple: # (uint8 (C, S, S) or None, why it failed or '')
-    "Read, decode and square one image file; a failure is returned as its reason, not raised."
-    try: data = path.read_bytes()
+    "Read, decode and square one regular image file; a failure is returned as its reason, not raised."
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode): return None, 'not a regular file'    # a FIFO would block: never opened
+        data = path.read_bytes()
     except OSError as e: return None, f"cannot read it: {e.strerror}"
     if not data: return None, 'empty file'
     try: return _fit_square(_decode(data, channels), image_size), ''
     except (RuntimeError, ValueError, OSError) as e: return None, _reason(e)
 
-def load_image(path:str|os.PathLike, # a PNG, JPEG, BMP or WebP file
+def load_image(path:str|os.PathLike, # a PNG, JPEG, GIF, BMP, TIFF or WebP file (HEIC, AVIF: where torchvision can)
                image_size:int=32, # side S of the square output
                channels:int=3, # 1 (grey) or 3 (RGB)
               )->Tensor: # uint8 (channels, S, S)
@@ -567,7 +674,7 @@ def load_image(path:str|os.PathLike, # a PNG, JPEG, BMP or WebP file
     return img
 
 # %% ../nbs/02_data.ipynb #51c45b75
-CACHE_FORMAT, CACHE_VERSION = 'vae_nb.image_cache', 1
+CACHE_FORMAT, CACHE_VERSION = 'vae_nb.image_cache', 2  # 2: EXIF orientation applied, GIF and TIFF decoded
 
 class _DecodeEach(torch.utils.data.Dataset):
     "Item `i` is `(i, uint8 image or None, the reason it failed or '')`, so that worker processes can decode a folder."
@@ -588,6 +695,54 @@ def _default_workers()->int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     return max(1, min(8, cores // int(os.environ.get('LOCAL_WORLD_SIZE', 1))))
 
+# %% ../nbs/02_data.ipynb #c0b0b004
+class DataLoaderError(RuntimeError):
+    "Data could not be served: a worker process died, or a file changed or vanished while it was streamed; the message says which."
+
+def _died(e:Exception)->DataLoaderError:
+    "The error for a worker process's death that PyTorch reported as `e`."
+    why = _reason(e).rstrip('. ') if isinstance(e, RuntimeError) else f"{type(e).__name__} while receiving its batch"
+    return DataLoaderError(f"a data-loading worker process died ({why}), perhaps killed for want of memory; "
+                           "fewer workers (num_workers) or a smaller batch need less")
+
+_SIGCHLD_WRAPPED = False
+
+def _catch_deaths_in_handler():
+    "Make PyTorch's SIGCHLD handler (set when workers start) raise `DataLoaderError` instead of its `RuntimeError`; once per process."
+    global _SIGCHLD_WRAPPED
+    if _SIGCHLD_WRAPPED or not hasattr(signal, 'SIGCHLD') or threading.current_thread() is not threading.main_thread(): return
+    prev = signal.getsignal(signal.SIGCHLD)
+    if not callable(prev): return
+    def handler(signum, frame):
+        try: prev(signum, frame)
+        except DataLoaderError: raise
+        except RuntimeError as e: raise _died(e) from None
+    signal.signal(signal.SIGCHLD, handler); _SIGCHLD_WRAPPED = True
+
+def _shut(dl:torch.utils.data.DataLoader, it):
+    "Stop the worker processes of iterator `it` of `dl` (so that later SIGCHLDs do not report them again); the next pass starts new ones."
+    if getattr(dl, '_iterator', None) is it: dl._iterator = None
+    if not hasattr(it, '_shutdown_workers'): return
+    mask = hasattr(signal, 'pthread_sigmask') and hasattr(signal, 'SIGCHLD')
+    if mask: old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})     # no handler in the middle of the shutdown
+    try: it._shutdown_workers()
+    except Exception: pass
+    finally:
+        if mask: signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+def _worker_deaths(dl:torch.utils.data.DataLoader):
+    "Iterate `dl`, raising `DataLoaderError` when one of its worker processes dies."
+    it = iter(dl)
+    if dl.num_workers: _catch_deaths_in_handler()
+    while True:
+        try: b = next(it)
+        except StopIteration: return
+        except DataLoaderError: _shut(dl, it); raise
+        except (RuntimeError, ConnectionError, EOFError) as e:          # a dead worker: reported, or its tensors lost in transit
+            if not dl.num_workers or (isinstance(e, RuntimeError) and 'DataLoader worker' not in str(e)): raise
+            _shut(dl, it); raise _died(e) from None
+        yield b
+
 # %% ../nbs/02_data.ipynb #04a4b9ae
 def decode_folder(folder:Path, # the dataset's folder
                   files:list, # paths relative to it
@@ -601,12 +756,12 @@ def decode_folder(folder:Path, # the dataset's folder
     n = len(files)
     workers = 0 if n < 256 else (_default_workers() if num_workers is None else check_int('num_workers', num_workers))
     if workers: _tv()                                                 # imported here, not once per worker
-    dl = torch.utils.data.DataLoader(_DecodeEach(folder, files, image_size, channels), batch_size=32,
-                                     num_workers=workers, collate_fn=_pack)
+    dl = torch.utils.data.DataLoader(_DecodeEach(folder, files, image_size, channels), batch_size=32, num_workers=workers,
+                                     collate_fn=_pack, generator=torch.Generator().manual_seed(0))  # not the global random state
     x = torch.empty(n, channels, image_size, image_size, dtype=torch.uint8) if keep_pixels else None
     ok, bad, j = torch.zeros(n, dtype=torch.bool), [], 0
     with tqdm(total=n, desc=f"decoding {folder.name}", unit='img', disable=None if progress else True) as pbar:
-        for idx, imgs, failed in dl:                                  # in file order
+        for idx, imgs, failed in _worker_deaths(dl):                  # in file order
             bad += [(files[i], why) for i, why in failed]
             ok[idx] = True
             if keep_pixels and len(idx): x[j:j + len(idx)] = imgs; j += len(idx)
@@ -641,41 +796,77 @@ def _locked(path:Path):
     finally: f.close()
 
 # %% ../nbs/02_data.ipynb #043ab8a3
-def _read_cache(path:Path, key:str)->dict|None:
-    "The cache at `path` if it is one for `key` (its tensors memory-mapped, no code run), else None."
+def _cache_damage(c:dict, # a cache whose format, version and key are right
+                  files:list, # the folder's files
+                  image_size:int, channels:int,
+                 )->str: # what is wrong with it; '' when nothing
+    "Check every field of a cache: types, shapes and lengths, against the folder's files and the output shape."
+    n, ok, bad, x = len(files), c.get('ok'), c.get('bad'), c.get('x')
+    if c.get('image_size') != image_size or c.get('channels') != channels: return f"image_size/channels {c.get('image_size')!r}/{c.get('channels')!r}"
+    if c.get('files') != files: return 'its file list is not the folder\'s'
+    if not isinstance(ok, Tensor) or ok.dtype != torch.bool or ok.shape != (n,): return f"ok: expected a bool tensor ({n},), got {describe(ok)}"
+    if (not isinstance(bad, list) or len(bad) != n - int(ok.sum())
+        or not all(isinstance(b, (list, tuple)) and len(b) == 2 and all(isinstance(s, str) for s in b) for b in bad)):
+        return f"bad: expected {n - int(ok.sum())} pairs (file, reason), got {describe(bad)}"
+    if {b[0] for b in bad} != {f for f, k in zip(files, ok.tolist()) if not k}: return "bad: its files are not those that failed"
+    if x is not None and (not isinstance(x, Tensor) or x.dtype != torch.uint8 or x.shape != (int(ok.sum()), channels, image_size, image_size)):
+        return f"x: expected uint8 images ({int(ok.sum())}, {channels}, {image_size}, {image_size}), got {describe(x)}"
+    return ''
+
+def _read_cache(path:Path, # a cache file
+                key:str, # the key the folder has now
+                files:list, # its files
+                image_size:int, channels:int,
+               )->dict|None: # the cache, or None: missing, stale, or damaged (then removed, with a warning)
+    "The cache at `path` if it is a sound one for `key` (its tensors memory-mapped, no code run), else None."
     if not path.is_file(): return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             c = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    except Exception as e:
-        warnings.warn(f"{path}: unreadable image cache ({_reason(e)}); decoding the images again"); return None
-    return c if isinstance(c, dict) and c.get('format') == CACHE_FORMAT and c.get('version') == CACHE_VERSION and c.get('key') == key else None
+        if not (isinstance(c, dict) and c.get('format') == CACHE_FORMAT and c.get('version') == CACHE_VERSION and c.get('key') == key): return None
+        why = _cache_damage(c, files, image_size, channels)
+    except Exception as e: why = f"unreadable: {_reason(e)}"
+    if not why: return c
+    with contextlib.suppress(OSError): path.unlink()
+    warnings.warn(f"{path}: damaged image cache ({why}): removed, decoding the images again", stacklevel=4)
+    return None
+
+def _remove_stale_cache_temps(folder:Path):
+    "Remove the temporary cache files that killed processes left in the cache folder (the checkpoints' rule)."
+    for f in folder.glob('.*px-*ch-*.pt.*.tmp'):
+        remove_stale_temporaries(folder/f.name[1:].rsplit('.', 3)[0])
 
 def _write_cache(path:Path, cache:dict):
     "Write the cache atomically and remove older caches of the same side and channels; warn instead where it cannot be written."
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")   # the checkpoints' temporary name
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, 'xb') as f: torch.save(cache, f); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         with contextlib.suppress(OSError): os.unlink(tmp)
+        if isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt): raise KeyboardInterrupt() from None
+        if not isinstance(e, OSError): raise
         warnings.warn(f"cannot write the decoded-image cache {path} ({e.strerror or e}): the images will be decoded again next "
-                      "time; pass cache_dir= a writable folder"); return
+                      "time; pass cache_dir= a writable folder (--cache_dir on the command line)", stacklevel=4); return
     prefix = path.name.rsplit('-', 1)[0] + '-'
     for old in path.parent.glob(prefix + '*.pt'):
         if old != path:
             with contextlib.suppress(OSError): old.unlink()
 
 # %% ../nbs/02_data.ipynb #dda814ae
+def _listed(items:list, # (name, why) pairs
+           )->str:
+    "Up to three `name (why)`, and how many more."
+    return '; '.join(f"{f} ({why})" for f, why in items[:3]) + (f"; and {len(items) - 3} more" if len(items) > 3 else '')
+
 def _report_bad(folder:Path, bad:list, n:int, on_error:str):
     "Warn about (on_error='skip') or refuse (on_error='raise') the files that could not be decoded."
     if not bad: return
-    shown = '; '.join(f"{f} ({why})" for f, why in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else '')
     if on_error == 'raise':
-        raise ValueError(f"{folder}: cannot decode {len(bad)} of {n} image files: {shown}; pass on_error='skip' to leave them out")
-    warnings.warn(f"{folder}: skipped {len(bad)} of {n} image files that cannot be decoded: {shown}", stacklevel=3)
+        raise ValueError(f"{folder}: cannot decode {len(bad)} of {n} image files: {_listed(bad)}; pass on_error='skip' to leave them out")
+    warnings.warn(f"{folder}: skipped {len(bad)} of {n} image files that cannot be decoded: {_listed(bad)}", stacklevel=3)
 
 def index_folder(folder:str|os.PathLike, # the dataset's folder
                  image_size:int=32, # side S of the images, a multiple of 16
@@ -690,11 +881,15 @@ def index_folder(folder:str|os.PathLike, # the dataset's folder
     image_size, channels = _folder_shape(image_size, channels); check_int('memory_budget', memory_budget)
     folder = Path(folder).expanduser()
     found = find_images(folder)
+    s = found['skipped']
+    if s: warnings.warn(f"{folder}: left out {len(s)} entr{'y' if len(s) == 1 else 'ies'}: {_listed(s)}", stacklevel=3)
+    if found['note']: warnings.warn(found['note'], stacklevel=3)
     keep_pixels = len(found['files']) * channels * image_size ** 2 <= memory_budget
     key = _cache_key(folder, found['files'], image_size, channels)
     path = _cache_file(folder, key, image_size, channels, cache_dir)
     with (_locked(path.parent/f".{path.name.rsplit('-', 1)[0]}.lock") if cache else contextlib.nullcontext()):
-        c = _read_cache(path, key) if cache else None
+        if cache: _remove_stale_cache_temps(path.parent)
+        c = _read_cache(path, key, found['files'], image_size, channels) if cache else None
         if c is None or (keep_pixels and c.get('x') is None):
             x, ok, bad = decode_folder(folder, found['files'], image_size, channels, keep_pixels, num_workers, progress)
             c = dict(format=CACHE_FORMAT, version=CACHE_VERSION, key=key, image_size=image_size, channels=channels,
@@ -703,14 +898,28 @@ def index_folder(folder:str|os.PathLike, # the dataset's folder
     return dict(found, ok=c['ok'], bad=[tuple(b) for b in c['bad']], x=c['x'] if keep_pixels else None)
 
 # %% ../nbs/02_data.ipynb #0cac7f79
+SPLITS = ('train', 'valid', 'test')
+
+def _split_masks(files:list, # the folder's files
+                 parts:list|None, # 'train'/'test' per file when the folder gives its split, else None
+                 test_fraction:float, valid_fraction:float, seed:int,
+                )->dict: # split -> (n,) bool
+    "Which files are in each split: the folder's own test/ or the hash rule; valid drawn by the hash rule from the training files."
+    is_test = torch.tensor([p == 'test' for p in parts]) if parts else split_files(files, test_fraction, seed)
+    is_valid = torch.zeros(len(files), dtype=torch.bool)
+    if valid_fraction:
+        tr = (~is_test).nonzero()[:, 0]
+        is_valid[tr[split_files([files[i] for i in tr.tolist()], valid_fraction, seed, salt='valid')]] = True
+    return dict(train=~is_test & ~is_valid, valid=is_valid, test=is_test)
+
 class ImageFolderDataset(torch.utils.data.Dataset):
     "One split of a folder of images; item `i` is (x float32 (C, S, S) in [-1, 1], y int64: its class, or -1 without class subfolders)."
     def __init__(self, folder:str|os.PathLike, # images; or one subfolder per class; or train/ and test/ holding either
-                 split:str='train', # 'train' or 'test'
+                 split:str='train', # 'train', 'valid' (needs `valid_fraction`) or 'test'
                  image_size:int=32, # side S: the shorter side resized to S, the centre square kept; a multiple of 16
                  channels:int=3, # 3 (RGB) or 1 (grey); alpha is dropped
-                 test_fraction:float=0.1, # held out for testing when the folder has no train/ and test/
-                 split_seed:int=0, # fixes which files are held out (adding or removing files changes them)
+                 test_fraction:float=0.1, # held out for testing when the folder has no train/ and test/ (each file by its name's hash)
+                 split_seed:int=0, # fixes which files are held out; adding or removing files moves no other
                  on_error:str='skip', # a file that cannot be decoded: 'skip' it with a warning, or 'raise' a ValueError
                  memory_budget:int=2**31, # bytes; a folder whose N·C·S·S pixels fit is decoded once into memory, a larger one is streamed
                  cache:bool=True, # keep the decoded images (streaming: the list of good files) in `<folder>/.vae_nb_cache`
@@ -718,16 +927,18 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                  num_workers:int|None=None, # processes that decode; None: one per core, at most 8
                  progress:bool=True, # a progress bar while decoding
                  index:dict|None=None, # `index_folder`'s result for these arguments, when the caller has it (it then reports the bad files)
+                 valid_fraction:float=0.0, # share of the training files held out for validation, by the same hash rule; 0: none
                 ):
-        check_choice('split', split, ('train', 'test')); check_choice('on_error', on_error, ('skip', 'raise'))
+        check_choice('split', split, SPLITS); check_choice('on_error', on_error, ('skip', 'raise'))
         image_size, channels = _folder_shape(image_size, channels); check_int('split_seed', split_seed)
+        _check_fraction('test_fraction', test_fraction); _check_fraction('valid_fraction', valid_fraction, zero=True)
+        if split == 'valid' and not valid_fraction: raise ValueError("split: 'valid' needs a valid_fraction > 0, got 0")
         folder = Path(folder).expanduser()
         if index is None:
             index = index_folder(folder, image_size, channels, memory_budget, cache, cache_dir, num_workers, progress)
             _report_bad(folder, index['bad'], len(index['files']), on_error)
         ix, in_memory = index, index['x'] is not None
-        is_test = torch.tensor([p == 'test' for p in ix['parts']]) if ix['parts'] else split_files(len(ix['files']), test_fraction, split_seed)
-        keep = ix['ok'] & (is_test if split == 'test' else ~is_test)                     # (n_files,) this split's good files
+        keep = ix['ok'] & _split_masks(ix['files'], ix['parts'], test_fraction, valid_fraction, split_seed)[split]  # (n_files,)
         if not keep.any(): raise ValueError(f"{folder}: expected {split} images that decode, found none")
         self.folder, self.split, self.image_size, self.channels = folder, split, image_size, channels
         self.classes, self.bad, self.in_memory = ix['classes'], ix['bad'], in_memory
@@ -758,15 +969,18 @@ def image_folder_datasets(folder:str|os.PathLike, # see `ImageFolderDataset`
                           cache_dir:str|os.PathLike|None=None, # another folder for that cache
                           num_workers:int|None=None, # decoding processes; None: one per core, at most 8
                           progress:bool=True, # a progress bar while decoding
-                         )->tuple: # (train, test) `ImageFolderDataset`s
-    "The train and test splits of a folder of images, found and decoded once for both."
+                          valid_fraction:float=0.0, # share of the training files held out for validation; 0: none
+                         )->tuple: # (train, test) `ImageFolderDataset`s, or (train, valid, test) with a `valid_fraction`
+    "The splits of a folder of images, found and decoded once for all of them."
     check_choice('on_error', on_error, ('skip', 'raise'))
     image_size, channels = _folder_shape(image_size, channels)
+    _check_fraction('valid_fraction', valid_fraction, zero=True)
     folder = Path(folder).expanduser()
     ix = index_folder(folder, image_size, channels, memory_budget, cache, cache_dir, num_workers, progress)
     _report_bad(folder, ix['bad'], len(ix['files']), on_error)
     return tuple(ImageFolderDataset(folder, s, image_size, channels, test_fraction, split_seed, on_error, memory_budget, cache,
-                                    cache_dir, num_workers, progress, index=ix) for s in ('train', 'test'))
+                                    cache_dir, num_workers, progress, index=ix, valid_fraction=valid_fraction)
+                 for s in (SPLITS if valid_fraction else ('train', 'test')))
 
 # %% ../nbs/02_data.ipynb #91549b4b
 class EpochSampler(torch.utils.data.Sampler):
@@ -795,12 +1009,19 @@ class EpochSampler(torch.utils.data.Sampler):
 
 # %% ../nbs/02_data.ipynb #f0c74f9a
 class _Items(torch.utils.data.Dataset):
-    "Item `i` of `ds` as stored, `(uint8 image, label)`, binarised once when `once` says how (image i with its own draw)."
+    "Item `i` of `ds` as stored, `(uint8 image, label, i, '')`, binarised once when `once` says how; `(None, None, i, why)` when it fails."
     def __init__(self, ds, once:str|None=None): self.ds, self.once = ds, once
     def __len__(self): return len(self.ds)
     def __getitem__(self, i):
-        x, y = self.ds.raw(i)
-        return (x if self.once is None else _binarize_once(x[None], self.once, first=i)[0]), y
+        try: x, y = self.ds.raw(i)
+        except (OSError, ValueError, RuntimeError) as e: return None, None, i, (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return (x if self.once is None else _binarize_once(x[None], self.once, first=i)[0]), y, i, ''
+
+def _collate(items:list)->tuple: # (uint8 images (b, ...) or None, labels (b,) or None, [(i, why)] of the items that failed)
+    "Stack a batch of `_Items`, or report the items that failed (in the worker: the main process raises)."
+    failed = [(i, why) for x, _, i, why in items if x is None]
+    if failed: return None, None, failed
+    return torch.stack([x for x, *_ in items]), torch.stack([y for _, y, *_ in items]), []
 
 class StreamingLoader:
     "Batches decoded by worker processes in `EpochSampler`'s order, served like `InMemoryLoader`'s: the same order, shards, `set_epoch`, binarisation and `tfm`."
@@ -822,14 +1043,15 @@ class StreamingLoader:
         self.rank, self.world_size = _rank_world(rank, world_size)
         self.n = len(ds) if n is None else min(check_int('n', n, minimum=1), len(ds))
         self.dataset, self.batch_size, self.drop_last, self.seed, self.tfm = ds, batch_size, bool(drop_last), check_int('seed', seed), ds.tfm
-        self.binarize, self.redraw = binarize, bool(redraw)
+        self.binarize, self.redraw, self.files = binarize, bool(redraw), None
         self.sampler = EpochSampler(self.n, shuffle, seed, self.rank, self.world_size, pad, drop_last and self.world_size > 1)
         workers = _default_workers() if num_workers is None else check_int('num_workers', num_workers)
         if workers: _tv()                                               # imported here, not once per worker
         once = binarize if binarize == 'fixed' or (binarize and not redraw) else None
         self.dl = torch.utils.data.DataLoader(_Items(ds, once), batch_size=_local_batch(batch_size, self.world_size), sampler=self.sampler,
                                               num_workers=workers, drop_last=drop_last, persistent_workers=workers > 0,
-                                              pin_memory=torch.cuda.is_available())
+                                              pin_memory=torch.cuda.is_available(), collate_fn=_collate,
+                                              generator=torch.Generator())  # its seeds drawn from its own generator, not the global one
     shuffle = property(lambda self: self.sampler.shuffle, lambda self, v: setattr(self.sampler, 'shuffle', bool(v)))
     epoch = property(lambda self: self.sampler.epoch)                     # the epoch of the next pass
     local_batch_size = property(lambda self: self.dl.batch_size)           # this rank's share of a batch
@@ -838,8 +1060,14 @@ class StreamingLoader:
     def indices(self)->Tensor: return self.sampler.indices()              # this rank's examples this epoch
     def __len__(self): return len(self.dl)
     def __iter__(self):
-        epoch, it = self.epoch, iter(self.dl)
-        return ((_serve(xb, self, epoch, i), yb) for i, (xb, yb) in enumerate(it))
+        epoch = self.epoch
+        self.dl.generator.manual_seed(_generator(self.seed, epoch, spawn_key=_WORKERS).initial_seed())  # a function of (seed, epoch)
+        return self._batches(epoch)
+    def _batches(self, epoch:int):
+        for i, (xb, yb, failed) in enumerate(_worker_deaths(self.dl)):
+            if failed:
+                raise DataLoaderError(f"{failed[0][1]} (it changed or vanished after the folder was read; batch {i} of epoch {epoch})")
+            yield _serve(xb, self, epoch, i), yb
 
 # %% ../nbs/02_data.ipynb #0beb18cf
 def image_loader(ds, # an `ImageDataset` or `ImageFolderDataset`
@@ -855,21 +1083,29 @@ def image_loader(ds, # an `ImageDataset` or `ImageFolderDataset`
                  rank:int|None=None, # this process's rank; None: from torch.distributed or torchrun's environment, else 0
                  world_size:int|None=None, # number of processes; None: likewise, else 1
                  pad:bool|None=None, # equal shards by repeating examples; None: when shuffling (training)
-                )->InMemoryLoader|StreamingLoader: # batches (x float32 (B, C, S, S) in [-1, 1], y int64 (B,)); `set_epoch`
-    "Batches of dataset `ds`: from memory when its uint8 images are there (`ds.x`), else decoded by worker processes."
+                )->InMemoryLoader|StreamingLoader: # batches (x float32 (B, C, S, S) in [-1, 1], y int64 (B,)); `set_epoch`; `files`
+    "Batches of dataset `ds`: from memory when its uint8 images are there (`ds.x`), else decoded by worker processes; `files` names them."
     redraw, pad = (shuffle if redraw is None else redraw), (shuffle if pad is None else pad)
     if getattr(ds, 'x', None) is None:
-        return StreamingLoader(ds, batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world_size, pad=pad,
-                               binarize=binarize, redraw=redraw, n=n, num_workers=num_workers)
-    if n is not None: check_int('n', n, minimum=1)
-    return InMemoryLoader(ds.x[:n].to(device), ds.y[:n].to(device), batch_size, shuffle, drop_last, seed, ds.tfm,
-                          rank, world_size, pad, binarize, redraw)
+        dl = StreamingLoader(ds, batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last, rank=rank, world_size=world_size, pad=pad,
+                             binarize=binarize, redraw=redraw, n=n, num_workers=num_workers)
+    else:
+        if n is not None: check_int('n', n, minimum=1)
+        dl = InMemoryLoader(ds.x[:n].to(device), ds.y[:n].to(device), batch_size, shuffle, drop_last, seed, ds.tfm,
+                            rank, world_size, pad, binarize, redraw)
+    files = getattr(ds, 'files', None)
+    dl.files = None if files is None else tuple(files[:dl.n])              # the images it serves, in stored order
+    return dl
 
 # %% ../nbs/02_data.ipynb #059e4056
-def _split_sizes(n) -> tuple:
-    "`n` as (n_train, n_test): None, one int for both, or a pair of ints/None."
-    pair = n if isinstance(n, (tuple, list)) else (n, n)
-    if len(pair) != 2: raise ValueError(f"n: expected None, an int or a pair (n_train, n_test), got {n!r}")
+def _split_sizes(n, # None, an int, (n_train, n_test), or (n_train, n_valid, n_test)
+                 k:int=2, # the number of splits: 2, or 3 with a valid split
+                )->tuple: # k ints or None
+    "`n` per split: None, one int for all, (n_train, n_test) (the valid split then whole), or with a valid split (n_train, n_valid, n_test)."
+    pair = n if isinstance(n, (tuple, list)) else (n,) * k
+    if len(pair) == 2 and k == 3: pair = (pair[0], None, pair[1])
+    if len(pair) != k:
+        raise ValueError(f"n: expected None, an int or a pair (n_train, n_test){' or (n_train, n_valid, n_test)' if k == 3 else ''}, got {n!r}")
     return tuple(None if v is None else check_int('n', v, minimum=1) for v in pair)
 
 def get_dataloaders(name:str|os.PathLike='mnist5k', # one of `DATASETS`, or a folder of images
@@ -877,25 +1113,67 @@ def get_dataloaders(name:str|os.PathLike='mnist5k', # one of `DATASETS`, or a fo
                     root:str|os.PathLike|None=None, # data folder for downloads, see `data_root`
                     download:bool=True, # download a missing dataset on first use
                     seed:int=0, # with the epoch, fixes the training order (and the dynamic binarisation)
-                    n:int|tuple|None=None, # keep the first n examples of each split, or (n_train, n_test); None: all
+                    n:int|tuple|None=None, # keep the first n examples of each split, or (n_train, n_test), or (n_train, n_valid, n_test); None: all
                     device:str|torch.device|None=None, # where in-memory uint8 images are kept, e.g. 'cuda' (no host copy per step); None: the CPU
-                    test_batch_size:int|None=None, # examples per test batch; default `batch_size`
-                    num_workers:int|None=None, # a folder's decoding processes (first read; streaming); None: one per core, at most 8; built-in sets need none
+                    test_batch_size:int|None=None, # examples per test (and valid) batch; default `batch_size`
+                    num_workers:int|None=None, # a folder's decoding processes (first read; streaming); None: one per core, at most 8
                     image_size:int|None=None, # a folder's side S (None: 32); a built-in set takes only 32
                     channels:int|None=None, # a folder's channels, 1 or 3 (None: 3); a built-in set takes only its own
-                    binarize:str|None=None, # 'fixed' or 'dynamic' (fresh draws every epoch; the test split drawn once); None: grey levels
+                    binarize:str|None=None, # 'fixed' or 'dynamic' (fresh draws every epoch; valid and test drawn once); None: grey levels
                     rank:int|None=None, # this process's rank; None: from torch.distributed or torchrun's environment, else 0
                     world_size:int|None=None, # number of processes; None: likewise, else 1
-                    **kwargs, # a folder's other options, see `image_folder_datasets`: test_fraction, split_seed, on_error, memory_budget, cache, cache_dir, progress
-                   )->tuple: # (train, test) loaders of x float32 (B, C, S, S) in [-1, 1], y int64 (B,)
-    "Train (shuffled, with `set_epoch`) and test loaders of dataset `name`, a built-in set or a folder of images."
+                    valid_fraction:float=0.0, # share of the training set held out for validation (never the test set); 0: none
+                    cache_dir:str|os.PathLike|None=None, # a folder's cache of decoded images; None: `<folder>/.vae_nb_cache`
+                    **kwargs, # a folder's other options, see `image_folder_datasets`: test_fraction, split_seed, on_error, memory_budget, cache, progress
+                   )->tuple: # (train, test) loaders, or (train, valid, test) with a `valid_fraction`: x float32 (B, C, S, S) in [-1, 1], y int64 (B,)
+    "Train (shuffled, with `set_epoch`), optionally valid, and test loaders of dataset `name`, a built-in set or a folder of images."
     check_int('batch_size', batch_size, minimum=1); check_int('seed', seed)
     if num_workers is not None: check_int('num_workers', num_workers)
     if test_batch_size is not None: check_int('test_batch_size', test_batch_size, minimum=1)
     if binarize is not None: check_choice('binarize', binarize, BINARIZE)
-    n_train, n_test = _split_sizes(n)
+    sizes = _split_sizes(n, 3 if _check_fraction('valid_fraction', valid_fraction, zero=True) else 2)
     d = _resolve(name)
-    train, test = get_datasets(d, root, download, image_size, channels, **(dict(num_workers=num_workers) if isinstance(d, Path) else {}), **kwargs)
+    if cache_dir is not None: kwargs['cache_dir'] = cache_dir
+    if isinstance(d, Path): kwargs['num_workers'] = num_workers
+    splits = get_datasets(d, root, download, image_size, channels, valid_fraction, **kwargs)
     kw = dict(seed=seed, binarize=binarize, device=device, num_workers=num_workers, rank=rank, world_size=world_size)
-    return (image_loader(train, batch_size, shuffle=True, n=n_train, **kw),
-            image_loader(test, test_batch_size or batch_size, shuffle=False, n=n_test, **kw))
+    return tuple(image_loader(ds, batch_size, shuffle=True, n=m, **kw) if i == 0 else
+                 image_loader(ds, test_batch_size or batch_size, shuffle=False, n=m, **kw) for i, (ds, m) in enumerate(zip(splits, sizes)))
+
+# %% ../nbs/02_data.ipynb #c0b0b006
+def split_record(train_dl, # a loader from `get_dataloaders`: its `files`
+                 test_dl, # likewise
+                 valid_dl=None, # likewise, when there is a valid split
+                )->dict|None: # {'train': [...], 'test': [...], ('valid': [...])}: relative paths, plain data; None for a built-in set
+    "Which files each split serves, as plain data to keep with a run; None when the loaders serve a built-in set."
+    dls = dict(train=train_dl, test=test_dl, **({} if valid_dl is None else dict(valid=valid_dl)))
+    files = {k: getattr(dl, 'files', None) for k, dl in dls.items()}
+    if all(f is None for f in files.values()): return None
+    if any(f is None for f in files.values()): raise ValueError("split_record: expected loaders of one folder, got a mix of folder and built-in set")
+    return {k: list(f) for k, f in files.items()}
+
+def _record_splits(record:dict, source:str)->dict:
+    "`record` as {file: split}, after checking that it is what `split_record` writes."
+    if (not isinstance(record, dict) or not {'train', 'test'} <= set(record) or not set(record) <= set(SPLITS)
+        or not all(isinstance(v, list) and all(isinstance(f, str) for f in v) for v in record.values())):
+        raise ValueError(f"{source}: expected a split record (lists of files under 'train', 'test' and perhaps 'valid'), got {describe(record)}")
+    return {f: s for s, fs in record.items() for f in fs}
+
+def check_split_record(record:dict|None, # what `split_record` returned when the run began (None: nothing recorded)
+                       train_dl, # today's loaders, from `get_dataloaders`
+                       test_dl,
+                       source:str, # what the record comes from, e.g. the checkpoint's path: the message starts with it
+                       valid_dl=None, # today's valid loader, when the run has one
+                      ):
+    "Raise `ValueError` in one line when the files of the splits differ from the `record`: how many added, missing and moved, with examples."
+    now = split_record(train_dl, test_dl, valid_dl)
+    if record is None: return
+    if now is None: raise ValueError(f"{source}: the run recorded the files of a folder, but the data now is a built-in set")
+    old, new = _record_splits(record, source), _record_splits(now, source)
+    if {k: list(v) for k, v in record.items()} == now: return
+    added, missing = sorted(set(new) - set(old)), sorted(set(old) - set(new))
+    moved = sorted(f for f in set(old) & set(new) if old[f] != new[f])
+    what = [f"{len(fs)} {how} ({', '.join(fs[:3])}{', ...' if len(fs) > 3 else ''})" for how, fs in
+            (('added', added), ('missing', missing), ('moved between splits', [f"{f}: {old[f]} -> {new[f]}" for f in moved])) if fs]
+    raise ValueError(f"{source}: the data's files are not those the run was split on: {'; '.join(what) or 'the same files in another order'}; "
+                     "restore them, or start a new run")
