@@ -83,9 +83,9 @@ def _results(test:dict) -> dict:
 # %% ../nbs/03c_hub.ipynb #752fd938
 _USE = """```python
 from vae_nb.model import VAE
-import vae_nb.hub                         # adds VAE.from_pretrained
-model = VAE.from_pretrained('{folder}')   # from the Hub: huggingface_hub.snapshot_download('<repo id>')
-images = model.sample(16)                 # (16, C, S, S) in [-1, 1]
+import vae_nb.hub  # adds VAE.from_pretrained
+model = VAE.from_pretrained('{folder}')  # from the Hub: VAE.from_pretrained(huggingface_hub.snapshot_download(REPO_ID))
+images = model.sample(16)  # (16, C, S, S) in [-1, 1]
 ```"""
 
 def _front_matter(dataset:Optional[str], license:str, tags:Sequence[str]) -> str:
