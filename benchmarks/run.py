@@ -1,6 +1,6 @@
 """vae_nb benchmarks: importance-sampled log-likelihood, decoder batch size, memory, training throughput, evaluation at scale.
 
-Run `python benchmarks/run.py` (all parts) or name some: `python benchmarks/run.py ll chunks rule memory train eval`.
+Run `python benchmarks/run.py` (all parts) or name some: `python benchmarks/run.py ll chunks rule memory train eval threads`.
 `--device cuda` on a GPU; `--smoke` runs every part at tiny sizes (under a minute on 2 CPU cores, for CI) and exits
 non-zero if any part fails. Prints markdown tables. Times are medians of several repeats after a warm-up; ratios
 measured side by side in one run carry over between machines, absolute times do not. Not part of the tests:
@@ -39,7 +39,7 @@ SMOKE = dict(smoke=True, K=16, repeat=1, ll_batches=(1, 4),
              train_images=64, train_batches=(8, 16), compile_backend='aot_eager',
              eval_k=8, eval_n=16, eval_batch=8)
 FORMATS = dict(contiguous=torch.contiguous_format, channels_last=torch.channels_last)   # memory formats: chunks and rule
-PARTS = ('ll', 'chunks', 'rule', 'memory', 'train', 'eval')
+PARTS = ('ll', 'chunks', 'rule', 'memory', 'train', 'eval', 'threads')
 
 def timeit(f, repeat=5, warmup=1, sync=None):
     "Median wall time of `f()` in seconds."
@@ -286,6 +286,9 @@ def main(argv=None):
         try:
             if name in parts:
                 results[name] = parts[name][0](device, S); parts[name][1](results[name], S)
+            elif name == 'threads':
+                import bench_threads
+                results[name] = bench_threads.part_threads(device, S, table)
             else:
                 import bench_train
                 results[name] = getattr(bench_train, 'part_' + name)(device, S, table)
