@@ -20,11 +20,54 @@ from .checkpoint import remove_stale_temporaries
 
 # %% auto #0
 __all__ = ['INPUT_SIZE', 'DATASETS', 'MNIST5K_CONFIG', 'BINARIZE', 'IMAGE_EXTENSIONS', 'RUN_FILES', 'MAX_PIXELS', 'CACHE_FORMAT',
-           'CACHE_VERSION', 'SPLITS', 'dataset_info', 'to_model_range', 'load_mnist5k', 'data_root', 'ImageDataset',
-           'get_datasets', 'binarize', 'epoch_order', 'shard', 'InMemoryLoader', 'find_images', 'split_files',
-           'load_image', 'DataLoaderError', 'decode_folder', 'index_folder', 'ImageFolderDataset',
-           'image_folder_datasets', 'EpochSampler', 'StreamingLoader', 'image_loader', 'get_dataloaders',
-           'split_record', 'check_split_record']
+           'CACHE_VERSION', 'SPLITS', 'get_dataloaders', 'dataset_info', 'to_model_range', 'load_mnist5k', 'data_root',
+           'ImageDataset', 'get_datasets', 'binarize', 'epoch_order', 'shard', 'InMemoryLoader', 'find_images',
+           'split_files', 'load_image', 'DataLoaderError', 'decode_folder', 'index_folder', 'ImageFolderDataset',
+           'image_folder_datasets', 'EpochSampler', 'StreamingLoader', 'image_loader', 'split_record',
+           'check_split_record']
+
+# %% ../nbs/02_data.ipynb #059e4056
+def _split_sizes(n, # None, an int, (n_train, n_test), or (n_train, n_valid, n_test)
+                 k:int=2, # the number of splits: 2, or 3 with a valid split
+                )->tuple: # k ints or None
+    "`n` per split: None, one int for all, (n_train, n_test) (the valid split then whole), or with a valid split (n_train, n_valid, n_test)."
+    pair = n if isinstance(n, (tuple, list)) else (n,) * k
+    if len(pair) == 2 and k == 3: pair = (pair[0], None, pair[1])
+    if len(pair) != k:
+        raise ValueError(f"n: expected None, an int or a pair (n_train, n_test){' or (n_train, n_valid, n_test)' if k == 3 else ''}, got {n!r}")
+    return tuple(None if v is None else check_int('n', v, minimum=1) for v in pair)
+
+def get_dataloaders(name:str|os.PathLike='mnist5k', # one of `DATASETS`, or a folder of images
+                    batch_size:int=64, # examples per batch; with several processes, the global batch over all of them
+                    root:str|os.PathLike|None=None, # data folder for downloads, see `data_root`
+                    download:bool=True, # download a missing dataset on first use
+                    seed:int=0, # with the epoch, fixes the training order (and the dynamic binarisation)
+                    n:int|tuple|None=None, # keep the first n examples of each split, or (n_train, n_test), or (n_train, n_valid, n_test); None: all
+                    device:str|torch.device|None=None, # where in-memory uint8 images are kept, e.g. 'cuda' (no host copy per step); None: the CPU
+                    test_batch_size:int|None=None, # examples per test (and valid) batch; default `batch_size`
+                    num_workers:int|None=None, # a folder's decoding processes (first read; streaming); None: one per core, at most 8
+                    image_size:int|None=None, # a folder's side S (None: 32); a built-in set takes only 32
+                    channels:int|None=None, # a folder's channels, 1 or 3 (None: 3); a built-in set takes only its own
+                    binarize:str|None=None, # 'fixed' or 'dynamic' (fresh draws every epoch; valid and test drawn once); None: grey levels
+                    rank:int|None=None, # this process's rank; None: from torch.distributed or torchrun's environment, else 0
+                    world_size:int|None=None, # number of processes; None: likewise, else 1
+                    valid_fraction:float=0.0, # share of the training set held out for validation (never the test set); 0: none
+                    cache_dir:str|os.PathLike|None=None, # a folder's cache of decoded images; None: `<folder>/.vae_nb_cache`
+                    **kwargs, # a folder's other options, see `image_folder_datasets`: test_fraction, split_seed, on_error, memory_budget, cache, progress
+                   )->tuple: # (train, test) loaders, or (train, valid, test) with a `valid_fraction`: x float32 (B, C, S, S) in [-1, 1], y int64 (B,)
+    "Train (shuffled, with `set_epoch`), optionally valid, and test loaders of dataset `name`, a built-in set or a folder of images."
+    check_int('batch_size', batch_size, minimum=1); check_int('seed', seed)
+    if num_workers is not None: check_int('num_workers', num_workers)
+    if test_batch_size is not None: check_int('test_batch_size', test_batch_size, minimum=1)
+    if binarize is not None: check_choice('binarize', binarize, BINARIZE)
+    sizes = _split_sizes(n, 3 if _check_fraction('valid_fraction', valid_fraction, zero=True) else 2)
+    d = _resolve(name)
+    if cache_dir is not None: kwargs['cache_dir'] = cache_dir
+    if isinstance(d, Path): kwargs['num_workers'] = num_workers
+    splits = get_datasets(d, root, download, image_size, channels, valid_fraction, **kwargs)
+    kw = dict(seed=seed, binarize=binarize, device=device, num_workers=num_workers, rank=rank, world_size=world_size)
+    return tuple(image_loader(ds, batch_size, shuffle=True, n=m, **kw) if i == 0 else
+                 image_loader(ds, test_batch_size or batch_size, shuffle=False, n=m, **kw) for i, (ds, m) in enumerate(zip(splits, sizes)))
 
 # %% ../nbs/02_data.ipynb #72b006f0
 INPUT_SIZE = 32  # side of every image the model sees
@@ -1096,49 +1139,6 @@ def image_loader(ds, # an `ImageDataset` or `ImageFolderDataset`
     files = getattr(ds, 'files', None)
     dl.files = None if files is None else tuple(files[:dl.n])              # the images it serves, in stored order
     return dl
-
-# %% ../nbs/02_data.ipynb #059e4056
-def _split_sizes(n, # None, an int, (n_train, n_test), or (n_train, n_valid, n_test)
-                 k:int=2, # the number of splits: 2, or 3 with a valid split
-                )->tuple: # k ints or None
-    "`n` per split: None, one int for all, (n_train, n_test) (the valid split then whole), or with a valid split (n_train, n_valid, n_test)."
-    pair = n if isinstance(n, (tuple, list)) else (n,) * k
-    if len(pair) == 2 and k == 3: pair = (pair[0], None, pair[1])
-    if len(pair) != k:
-        raise ValueError(f"n: expected None, an int or a pair (n_train, n_test){' or (n_train, n_valid, n_test)' if k == 3 else ''}, got {n!r}")
-    return tuple(None if v is None else check_int('n', v, minimum=1) for v in pair)
-
-def get_dataloaders(name:str|os.PathLike='mnist5k', # one of `DATASETS`, or a folder of images
-                    batch_size:int=64, # examples per batch; with several processes, the global batch over all of them
-                    root:str|os.PathLike|None=None, # data folder for downloads, see `data_root`
-                    download:bool=True, # download a missing dataset on first use
-                    seed:int=0, # with the epoch, fixes the training order (and the dynamic binarisation)
-                    n:int|tuple|None=None, # keep the first n examples of each split, or (n_train, n_test), or (n_train, n_valid, n_test); None: all
-                    device:str|torch.device|None=None, # where in-memory uint8 images are kept, e.g. 'cuda' (no host copy per step); None: the CPU
-                    test_batch_size:int|None=None, # examples per test (and valid) batch; default `batch_size`
-                    num_workers:int|None=None, # a folder's decoding processes (first read; streaming); None: one per core, at most 8
-                    image_size:int|None=None, # a folder's side S (None: 32); a built-in set takes only 32
-                    channels:int|None=None, # a folder's channels, 1 or 3 (None: 3); a built-in set takes only its own
-                    binarize:str|None=None, # 'fixed' or 'dynamic' (fresh draws every epoch; valid and test drawn once); None: grey levels
-                    rank:int|None=None, # this process's rank; None: from torch.distributed or torchrun's environment, else 0
-                    world_size:int|None=None, # number of processes; None: likewise, else 1
-                    valid_fraction:float=0.0, # share of the training set held out for validation (never the test set); 0: none
-                    cache_dir:str|os.PathLike|None=None, # a folder's cache of decoded images; None: `<folder>/.vae_nb_cache`
-                    **kwargs, # a folder's other options, see `image_folder_datasets`: test_fraction, split_seed, on_error, memory_budget, cache, progress
-                   )->tuple: # (train, test) loaders, or (train, valid, test) with a `valid_fraction`: x float32 (B, C, S, S) in [-1, 1], y int64 (B,)
-    "Train (shuffled, with `set_epoch`), optionally valid, and test loaders of dataset `name`, a built-in set or a folder of images."
-    check_int('batch_size', batch_size, minimum=1); check_int('seed', seed)
-    if num_workers is not None: check_int('num_workers', num_workers)
-    if test_batch_size is not None: check_int('test_batch_size', test_batch_size, minimum=1)
-    if binarize is not None: check_choice('binarize', binarize, BINARIZE)
-    sizes = _split_sizes(n, 3 if _check_fraction('valid_fraction', valid_fraction, zero=True) else 2)
-    d = _resolve(name)
-    if cache_dir is not None: kwargs['cache_dir'] = cache_dir
-    if isinstance(d, Path): kwargs['num_workers'] = num_workers
-    splits = get_datasets(d, root, download, image_size, channels, valid_fraction, **kwargs)
-    kw = dict(seed=seed, binarize=binarize, device=device, num_workers=num_workers, rank=rank, world_size=world_size)
-    return tuple(image_loader(ds, batch_size, shuffle=True, n=m, **kw) if i == 0 else
-                 image_loader(ds, test_batch_size or batch_size, shuffle=False, n=m, **kw) for i, (ds, m) in enumerate(zip(splits, sizes)))
 
 # %% ../nbs/02_data.ipynb #c0b0b006
 def split_record(train_dl, # a loader from `get_dataloaders`: its `files`
