@@ -22,7 +22,7 @@ def describe(x) -> str: # "dtype (shape)" for tensors and arrays, else the type'
 def check_int(name:str, # the argument's name, for the message
               v, # the value to check
               minimum:int=0, # the smallest value allowed
-             ) -> int: # `v` as a Python int
+             ) -> int: # v as a Python int
     "Raise `ValueError` unless `v` is an integer (Python or numpy, not a bool) >= `minimum`."
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {v!r}")
@@ -31,7 +31,7 @@ def check_int(name:str, # the argument's name, for the message
 # %% ../nbs/00a_checks.ipynb #74b8fcba
 def check_positive(name:str, # the argument's name, for the message
                    v, # the value to check
-                  ) -> float: # `v` as a float
+                  ) -> float: # v as a float
     "Raise `ValueError` unless `v` is a finite real number > 0 (a learning rate, a weight, ...)."
     ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v < math.inf
     if ok: return float(v)
@@ -56,11 +56,11 @@ def _shape_str(shape:Sequence) -> str:
 def check_tensor(name:str, # the argument's name, for the message
                  t, # the value to check
                  shape:Sequence|None=None, # expected shape, None entries free; None: any shape
-                 like=None, # a tensor or model whose dtype and device `t` must have; None: any
+                 like=None, # a tensor or model whose dtype and device t must have; None: any
                  hint:str='', # said after "expected a floating-point tensor" when the dtype is wrong
                  finite:bool=True, # refuse NaN and inf (one host sync)
                  batched:bool=False, # require at least one dimension (a batch)
-                ) -> Tensor: # `t`
+                ) -> Tensor: # t itself
     "Raise `ValueError` unless `t` is a floating-point tensor of `shape`, on `like`'s dtype and device, with finite values."
     if not isinstance(t, Tensor): raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if batched and t.ndim == 0: raise ValueError(f"{name}: expected shape (B, ...) with a batch dimension, got a 0-d tensor")
@@ -77,7 +77,7 @@ def check_tensor(name:str, # the argument's name, for the message
 # %% ../nbs/00a_checks.ipynb #de24fb0b
 def check_labels(y, # the labels to check
                  n:int, # how many there must be
-                ) -> Tensor: # `y` as int64
+                ) -> Tensor: # y as int64
     "Raise `ValueError` unless `y` is a 1-d integer tensor of `n` labels >= 0."
     if not isinstance(y, Tensor) or y.ndim != 1 or y.is_floating_point() or y.dtype == torch.bool or len(y) != n:
         raise ValueError(f"y: expected a 1-d integer tensor of {n} labels, got {describe(y)}")
