@@ -17,6 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from .checks import check_int, check_choice, describe
 from .checkpoint import remove_stale_temporaries
+from .dist import distributed_info
 
 # %% auto #0
 __all__ = ['INPUT_SIZE', 'DATASETS', 'MNIST5K_CONFIG', 'BINARIZE', 'IMAGE_EXTENSIONS', 'RUN_FILES', 'MAX_PIXELS', 'CACHE_FORMAT',
@@ -397,12 +398,10 @@ def shard(order:Tensor, # (n,) an epoch's order of all examples
 def _rank_world(rank:int|None, # this process's rank; None: find it
                 world_size:int|None, # number of processes; None: find it
                )->tuple: # (rank, world_size), checked
-    "`(rank, world_size)`: the given ones, else those of `torch.distributed` or torchrun's environment, else (0, 1)."
+    "`(rank, world_size)`: the given ones, else `vae_nb.dist.distributed_info`'s (the process group's, torchrun's, or (0, 1))."
     if rank is None or world_size is None:
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized(): r, w = dist.get_rank(), dist.get_world_size()
-        else: r, w = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
-        rank, world_size = (r if rank is None else rank), (w if world_size is None else world_size)
+        info = distributed_info()
+        rank, world_size = (info.rank if rank is None else rank), (info.world_size if world_size is None else world_size)
     check_int('world_size', world_size, minimum=1); check_int('rank', rank)
     if rank >= world_size: raise ValueError(f"rank: expected an integer < world_size={world_size}, got {rank}")
     return int(rank), int(world_size)
