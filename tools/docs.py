@@ -524,9 +524,16 @@ def cmd_preview(args):
     sections = collect_notebooks(nbs)
     srcs = [p for _, ps in sections for p in ps]
     if not srcs: sys.exit(f'docs.py: no notebooks found in {nbs}')
-    print(f'processing {len(srcs)} notebook(s) with nbdev ({args.jobs} jobs)...', flush=True)
-    processed = process_notebooks(srcs, jobs=args.jobs)
+    only = set(args.only or ())
+    if unknown := only - {p.name for p in srcs}: sys.exit(f"docs.py: --only: no notebook {', '.join(sorted(unknown))} in the sidebar")
+    chosen = [p for p in srcs if not only or p.name in only]
+    print(f'processing {len(chosen)} notebook(s) with nbdev ({args.jobs} jobs)...', flush=True)
+    processed = process_notebooks(chosen, jobs=args.jobs)
     pages, failed = {}, []
+    for src in srcs:                                   # pages left out by --only: named in the navigation, not built
+        if src not in processed:
+            pages[src] = {'source': src.relative_to(nbs).as_posix(), 'api': is_api(src), 'title': src.stem,
+                          'page': page_name(src, nbs, {}), 'math': False, 'fm': {}, 'nb': None, 'skip': True}
     for src, nb in processed.items():
         entry = {'source': src.relative_to(nbs).as_posix(), 'api': is_api(src)}
         if isinstance(nb, Exception):
@@ -544,6 +551,7 @@ def cmd_preview(args):
             'url': f"{cfg.get('doc_host', '')}{cfg.get('doc_baseurl', '')}", 'extra_css': extra_css,
             'sections': [(t, [pages[p] for p in ps]) for t, ps in sections]}
     for src, p in pages.items():
+        if p.get('skip'): continue
         dst = out/p['page']
         dst.parent.mkdir(parents=True, exist_ok=True)
         if p['nb'] is None:
@@ -561,7 +569,7 @@ def cmd_preview(args):
                                                    'section': None, 'api': False, 'math': nav_math}]}
     for t, ps in site['sections']:
         manifest['pages'] += [{'page': p['page'], 'title': p['title'], 'source': p['source'], 'section': t,
-                               'api': p['api'], 'math': p['math'], 'error': p.get('error')} for p in ps]
+                               'api': p['api'], 'math': p['math'], 'error': p.get('error')} for p in ps if not p.get('skip')]
     (out/'manifest.json').write_text(json.dumps(manifest, indent=1) + '\n')
     print(f'preview of {len(pages)} page(s) in {out} ({time.time()-t0:.1f}s): open {out/"index.html"}')
     if failed: print(f'{len(failed)} notebook(s) failed: ' + ', '.join(str(f) for f in failed), file=sys.stderr)
@@ -581,6 +589,7 @@ def main(argv=None):
     v = sub.add_parser('preview', help='build an offline preview of the docs site into _preview/')
     v.add_argument('--nbs', help='notebooks folder (default: nbs_path from settings.ini)')
     v.add_argument('--out', help='output folder (default: _preview in the repo root)')
+    v.add_argument('--only', nargs='+', metavar='NOTEBOOK', help='build only these notebooks (file names, e.g. 01_model.ipynb)')
     v.add_argument('--jobs', type=int, default=min(2, os.cpu_count() or 1), help='notebooks processed in parallel')
     v.set_defaults(func=cmd_preview)
     args = p.parse_args(argv)
