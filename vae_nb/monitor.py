@@ -141,7 +141,7 @@ class TensorBoardLogger:
         self.images, self.writer, self.imaged = images, None, None
 
     def on_epoch_end(self, model:VAE, record:dict, history:list):
-        "Write `record`'s scalars at step `record['epoch']`; every `every` epochs, the image grids too (main process only)."
+        "Write the record's scalars at step `record['epoch']`; every `every` epochs, the image grids (main process)."
         if group_info().rank != 0: return
         epoch = record['epoch']
         if self.writer is None: self.writer = self._writer_class(str(self.log_dir), purge_step=epoch)
