@@ -31,9 +31,11 @@ def check_plain(v, name:str='meta'):
         for i, o in enumerate(v): check_plain(o, f"{name}[{i}]")
     elif isinstance(v, dict):
         for k, o in v.items():
-            if not isinstance(k, (str, int)): raise ValueError(f"{name}: expected str or int keys, got {type(k).__name__}")
+            if not isinstance(k, (str, int)): raise ValueError(f"{name}: expected str or int keys, got "
+                                                               f"{type(k).__name__}")
             check_plain(o, f"{name}[{k!r}]")
-    else: raise ValueError(f"{name}: expected tensors and plain data (dict, list, str, int, float, bool, None), got {type(v).__name__}")
+    else: raise ValueError(f"{name}: expected tensors and plain data (dict, list, str, int, float, bool, "
+                           f"None), got {type(v).__name__}")
 
 # %% ../nbs/03a_checkpoint.ipynb #e8575122
 def _tmp_name(path:Path) -> Path:
@@ -82,7 +84,8 @@ def _atomic_save(obj, # what to `torch.save`
     except BaseException as e:
         with contextlib.suppress(OSError): os.unlink(tmp)
         if isinstance(e, OSError) and e.errno is not None:
-            err = OSError(f"{os.strerror(e.errno).lower()} while writing {path}; the previous checkpoint is kept")
+            err = OSError(f"{os.strerror(e.errno).lower()} while writing {path}; the previous checkpoint "
+                          "is kept")
             err.errno = e.errno; raise err from None
         raise
     _fsync_dir(path.parent)
@@ -105,10 +108,12 @@ def _is_rng(state) -> bool:
 def _check_rng(state, path):
     "Raise `CheckpointError` unless `state` is what `rng_state` returns, with, optionally, `ranks`: a list of such states."
     if not _is_rng(state):
-        raise CheckpointError(f"{path}: damaged checkpoint: expected 'rng' to hold torch's random states (uint8 tensors 'torch' and 'cuda'), got {_brief(state)}")
+        raise CheckpointError(f"{path}: damaged checkpoint: expected 'rng' to hold torch's random states "
+                              f"(uint8 tensors 'torch' and 'cuda'), got {_brief(state)}")
     ranks = state.get('ranks', [state])
     if not isinstance(ranks, list) or not ranks or not all(_is_rng(s) for s in ranks):
-        raise CheckpointError(f"{path}: damaged checkpoint: expected rng['ranks'] to be a list of random states, one per process, got {_brief(ranks)}")
+        raise CheckpointError(f"{path}: damaged checkpoint: expected rng['ranks'] to be a list of random "
+                              f"states, one per process, got {_brief(ranks)}")
 
 # %% ../nbs/03a_checkpoint.ipynb #94a91763
 def save_checkpoint(path:str|os.PathLike, # file to write (atomically); its folder is created
@@ -231,12 +236,15 @@ def load_checkpoint(path:str|os.PathLike, # a file written by `save_checkpoint`
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e: raise CheckpointError(f"{path}: not a vae_nb checkpoint: {_why_unreadable(path, e)}") from None
+    except Exception as e: raise CheckpointError(f"{path}: not a vae_nb checkpoint: "
+                                                 f"{_why_unreadable(path, e)}") from None
     if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
         got = f"a dict with format={ckpt.get('format')!r}" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
-        raise CheckpointError(f"{path}: not a vae_nb checkpoint: expected a dict with format={CHECKPOINT_FORMAT!r}, got {got}")
+        raise CheckpointError(f"{path}: not a vae_nb checkpoint: expected a dict with "
+                              f"format={CHECKPOINT_FORMAT!r}, got {got}")
     if ckpt.get('version') != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: expected checkpoint version {CHECKPOINT_VERSION}, got {ckpt.get('version')!r} "
+        raise CheckpointError(f"{path}: expected checkpoint version {CHECKPOINT_VERSION}, got "
+                              f"{ckpt.get('version')!r} "
                               "(written by another version of vae_nb)")
     _check_fields(ckpt, path)
     return ckpt
@@ -252,12 +260,15 @@ def load_weights(model:VAE, # the model to load into
         diff = {k: (v, model.config.get(k)) for k, v in ckpt['config'].items() if model.config.get(k) != v}
         raise CheckpointError(f"{path}: the checkpoint's model differs from this one: "
                               + ', '.join(f"{k}={a!r} (this model: {b!r})" for k, (a, b) in diff.items()))
-    if ema and ckpt.get('ema') is None: raise CheckpointError(f"{path}: holds no moving average of the weights (trained without ema=)")
+    if ema and ckpt.get('ema') is None: raise CheckpointError(f"{path}: holds no moving average of the "
+                                                              "weights (trained without ema=)")
     try: model.load_state_dict(ckpt['ema']['model'] if ema else ckpt['model'])
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: the weights do not fit this model: {str(e).strip().splitlines()[-1].strip()[:200]}") from None
+        raise CheckpointError(f"{path}: the weights do not fit this model: "
+                              f"{str(e).strip().splitlines()[-1].strip()[:200]}") from None
     bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad: raise CheckpointError(f"{path}: the weights hold NaN or inf (first in {bad[0]!r}): the run diverged before this checkpoint was written")
+    if bad: raise CheckpointError(f"{path}: the weights hold NaN or inf (first in {bad[0]!r}): the run "
+                                  "diverged before this checkpoint was written")
 
 # %% ../nbs/03a_checkpoint.ipynb #a8ec56a2
 def load_model(path:str|os.PathLike, # a file written by `save_checkpoint`
@@ -269,12 +280,14 @@ def load_model(path:str|os.PathLike, # a file written by `save_checkpoint`
     ckpt = load_checkpoint(path)
     if model is None:
         if ckpt['custom_networks']:
-            raise CheckpointError(f"{path}: the model was saved with a custom encoder or decoder, which a checkpoint "
+            raise CheckpointError(f"{path}: the model was saved with a custom encoder or decoder, which a "
+                                  "checkpoint "
                                   "cannot rebuild: build it as before and pass it as `model=`")
         # no memory used
         with torch.device('meta'): shapes = {k: v.shape for k, v in VAE(**ckpt['config']).state_dict().items()}
         if shapes != {k: v.shape for k, v in ckpt['model'].items()}:
-            raise CheckpointError(f"{path}: damaged checkpoint: its 'config' does not match the shapes of its weights")
+            raise CheckpointError(f"{path}: damaged checkpoint: its 'config' does not match the shapes of "
+                                  "its weights")
         model = VAE(**ckpt['config'])
     load_weights(model, ckpt, path, ema=ema and ckpt['ema'] is not None)
     return model.to(resolve_device(device)).eval()

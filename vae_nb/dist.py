@@ -33,7 +33,8 @@ def distributed_info() -> DistInfo:
     env = {k: os.environ.get(k, d) for k, d in (('RANK', '0'), ('WORLD_SIZE', '1'), ('LOCAL_RANK', '0'))}
     try: info = DistInfo(int(env['RANK']), int(env['WORLD_SIZE']), int(env['LOCAL_RANK']))
     except ValueError:
-        raise ValueError(f"RANK, WORLD_SIZE, LOCAL_RANK: expected integers (as torchrun sets them), got {env}") from None
+        raise ValueError("RANK, WORLD_SIZE, LOCAL_RANK: expected integers (as torchrun sets them), got "
+                         f"{env}") from None
     if not 0 <= info.rank < info.world_size or info.local_rank < 0:
         raise ValueError(f"RANK={info.rank}, WORLD_SIZE={info.world_size}: "
                          "expected 0 <= RANK < WORLD_SIZE (as torchrun sets them)")
@@ -51,8 +52,10 @@ def _local_gpu(d:torch.device) -> torch.device:
     if d.type != 'cuda' or d.index is not None or (info := distributed_info()).world_size == 1: return d
     n = torch.cuda.device_count()
     if info.local_rank >= n:
-        raise ValueError(f"device: process {info.rank} (LOCAL_RANK={info.local_rank}) would use cuda:{info.local_rank}, "
-                         f"but PyTorch sees {n} CUDA GPU(s) on this machine: start at most {n} processes per machine "
+        raise ValueError(f"device: process {info.rank} (LOCAL_RANK={info.local_rank}) would use "
+                         f"cuda:{info.local_rank}, "
+                         f"but PyTorch sees {n} CUDA GPU(s) on this machine: start at most {n} processes "
+                         "per machine "
                          f"(torchrun --nproc_per_node {n})")
     return torch.device('cuda', info.local_rank)
 
@@ -62,13 +65,17 @@ def resolve_device(device:str|torch.device='auto', # 'auto' (CUDA when there is 
     if isinstance(device, str) and device == 'auto': device = 'cuda' if torch.cuda.is_available() else 'cpu'
     try: d = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}") from None
+        raise ValueError("device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, got "
+                         f"{device!r}") from None
     if d.type not in ('cpu', 'cuda'):
-        raise ValueError(f"device: {str(d)!r} is not supported (vae_nb runs on 'cpu' and 'cuda'); use 'auto', 'cpu' or 'cuda'")
+        raise ValueError(f"device: {str(d)!r} is not supported (vae_nb runs on 'cpu' and 'cuda'); use "
+                         "'auto', 'cpu' or 'cuda'")
     if d.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} was asked for, but PyTorch sees no CUDA GPU; use 'cpu' or 'auto'")
+        raise ValueError(f"device: {device!r} was asked for, but PyTorch sees no CUDA GPU; use 'cpu' or "
+                         "'auto'")
     if d.type == 'cuda' and d.index is not None and d.index >= torch.cuda.device_count():
-        raise ValueError(f"device: {device!r} was asked for, but PyTorch sees {torch.cuda.device_count()} CUDA GPU(s)")
+        raise ValueError(f"device: {device!r} was asked for, but PyTorch sees {torch.cuda.device_count()} "
+                         "CUDA GPU(s)")
     return _local_gpu(d)
 
 # %% ../nbs/00b_dist.ipynb #77dbd359
@@ -81,8 +88,10 @@ def init_distributed(device:str|torch.device='auto', # as for `resolve_device`; 
     if dev.type == 'cuda': torch.cuda.set_device(dev)                # the GPU of this process's exchanges
     if dist.is_initialized(): return dev
     missing = [k for k in ('MASTER_ADDR', 'MASTER_PORT') if k not in os.environ]
-    if missing: raise ValueError(f"WORLD_SIZE={info.world_size} but no {missing[0]}: expected the environment that torchrun sets "
-                                 "(torchrun --nproc_per_node N script.py ...), or a process group initialised before `fit`")
+    if missing: raise ValueError(f"WORLD_SIZE={info.world_size} but no {missing[0]}: expected the "
+                                 "environment that torchrun sets "
+                                 "(torchrun --nproc_per_node N script.py ...), or a process group "
+                                 "initialised before `fit`")
     dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo', timeout=datetime.timedelta(seconds=timeout_s))
     return dev
 

@@ -43,7 +43,8 @@ def _images(batch) -> Tensor:
     "The images of a batch: `x` itself, or the first item of an `(x, y)` pair."
     x = batch[0] if isinstance(batch, (tuple, list)) and len(batch) > 0 else batch
     if not isinstance(x, Tensor):
-        raise ValueError(f"batch: expected a tensor of images or a pair (images, labels), got {type(batch).__name__}"
+        raise ValueError("batch: expected a tensor of images or a pair (images, labels), got "
+                         f"{type(batch).__name__}"
                          + (f" of {type(x).__name__}" if x is not batch else ''))
     return x
 
@@ -77,13 +78,17 @@ def _splits_batches(dl, # a loader
     w = _loader_world(dl)
     if w not in (None, 1):
         if w != world_size:
-            raise ValueError(f"{name}: the loader is sharded over {w} processes, but this run has {world_size}: build it after "
-                             "the process group starts, or pass a loader of whole batches (each process then takes its part)")
+            raise ValueError(f"{name}: the loader is sharded over {w} processes, but this run has "
+                             f"{world_size}: build it after "
+                             "the process group starts, or pass a loader of whole batches (each process "
+                             "then takes its part)")
         return False
     s = getattr(dl, 'sampler', None)
     if isinstance(s, torch.utils.data.RandomSampler) and s.generator is None:
-        raise ValueError(f"{name}: a DataLoader with shuffle=True orders each process's data differently (torch's global "
-                         "random state): use an InMemoryLoader, a sampler with set_epoch, or a DistributedSampler")
+        raise ValueError(f"{name}: a DataLoader with shuffle=True orders each process's data differently "
+                         "(torch's global "
+                         "random state): use an InMemoryLoader, a sampler with set_epoch, or a "
+                         "DistributedSampler")
     return True
 
 # %% ../nbs/03_train.ipynb #7b5989e0
@@ -138,8 +143,10 @@ def _log_likelihood_in_slices(model:VAE, x:Tensor, k:int, chunk_size:int|None, p
 def _samples_arg(k:int|None, K:int|None) -> int|None:
     "The number of importance samples: `k`, or the older spelling `K` (deprecated, with a warning)."
     if K is None: return k if k is None else check_int('k', k, minimum=1)
-    if k is not None: raise ValueError(f"k: expected k= (or the deprecated K=), not both; got k={k!r}, K={K!r}")
-    warnings.warn("evaluate(K=...) is deprecated: importance samples are k= everywhere", DeprecationWarning, stacklevel=3)
+    if k is not None: raise ValueError(f"k: expected k= (or the deprecated K=), not both; got k={k!r}, "
+                                       f"K={K!r}")
+    warnings.warn("evaluate(K=...) is deprecated: importance samples are k= "
+                  "everywhere", DeprecationWarning, stacklevel=3)
     return check_int('K', K, minimum=1)
 
 @torch.no_grad()
@@ -159,7 +166,8 @@ def evaluate(model:VAE, # the model, on its device
     rank, W, _ = group_info() if across_ranks else DistInfo(0, 1, 0)
     # each process scores images rank, rank + W, ... of every batch
     split = W == 1 or _splits_batches(dl, 'dl', W)
-    if not split and n is not None: raise ValueError(f"n: expected None with a loader sharded over the processes, got {n}")
+    if not split and n is not None: raise ValueError("n: expected None with a loader sharded over the "
+                                                     f"processes, got {n}")
     # images read (all processes' when split), images scored here
     dev, seen, count = model.device, 0, 0
     # Σ −log p(x|z), Σ kl, Σ elbo[, Σ log p(x)]
@@ -211,7 +219,8 @@ class Objective:
     def from_dict(cls, d:dict) -> Objective:
         "The objective that `to_dict` described, of any class in `OBJECTIVES`."
         if not isinstance(d, dict) or d.get('name') not in OBJECTIVES:
-            raise ValueError(f"objective: expected a dict whose name is one of {sorted(OBJECTIVES)}, got {d!r}")
+            raise ValueError(f"objective: expected a dict whose name is one of {sorted(OBJECTIVES)}, got "
+                             f"{d!r}")
         return OBJECTIVES[d['name']](**{k: v for k, v in d.items() if k != 'name'})
     def __eq__(self, other): return isinstance(other, Objective) and self.to_dict() == other.to_dict()
     def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items() if k != 'name')})"
@@ -251,12 +260,14 @@ def _objective_of(objective:Objective|None, beta:float|None, kl_warmup:int|None,
     if objective is not None:
         if old: raise ValueError(f"objective: expected objective= or the older {'=, '.join(old)}=, not both")
         if not isinstance(objective, Objective):
-            raise ValueError(f"objective: expected an Objective such as ELBO() or IWAE(k), got {type(objective).__name__}")
+            raise ValueError("objective: expected an Objective such as ELBO() or IWAE(k), got "
+                             f"{type(objective).__name__}")
         return objective
     beta, kl_warmup = check_positive('beta', old.get('beta', 1.0)), check_int('kl_warmup', old.get('kl_warmup', 0))
     iwae = check_int('iwae', old.get('iwae', 1), minimum=1)
     if iwae == 1: return ELBO(beta, kl_warmup)
-    if beta != 1 or kl_warmup: raise ValueError(f"iwae={iwae}: expected beta=1 and kl_warmup=0 (the IWAE bound has no KL term to weight)")
+    if beta != 1 or kl_warmup: raise ValueError(f"iwae={iwae}: expected beta=1 and kl_warmup=0 (the IWAE "
+                                                "bound has no KL term to weight)")
     return IWAE(iwae)
 
 # %% ../nbs/03_train.ipynb #99d5e651
@@ -264,7 +275,8 @@ class NonFiniteLossError(FloatingPointError):
     "The training loss became NaN or infinite (or a batch held NaN/inf) at `epoch`, `step` (both from 1)."
     def __init__(self, epoch:int, step:int, bad_input:bool=False):
         self.epoch, self.step, self.bad_input = epoch, step, bad_input
-        what = ("NaN or inf in the input batch" if bad_input else "non-finite loss (NaN or inf)") + f" at epoch {epoch}, step {step}"
+        what = ("NaN or inf in the input "
+                "batch" if bad_input else "non-finite loss (NaN or inf)") + f" at epoch {epoch}, step {step}"
         fix = ("look for NaN/inf in the data; the batch was not trained on" if bad_input else
                "lower the learning rate or look for NaN/inf in the data; the weights in memory are corrupted")
         super().__init__(f"{what}: {fix}, the last checkpoint is not")
@@ -323,8 +335,10 @@ class RunState:
 class SkippedUpdatesError(RuntimeError):
     "`max_skips` updates in a row were skipped because the gradient norm exceeded `skip_grad_norm`: training has stalled."
     def __init__(self, n:int, threshold:float, norm:float, epoch:int, step:int):
-        super().__init__(f"skip_grad_norm={threshold:g}: {n} updates in a row skipped (the last at epoch {epoch}, step {step}, "
-                         f"gradient norm {norm:.3g}): training has stalled; raise skip_grad_norm, lower lr, or clip with "
+        super().__init__(f"skip_grad_norm={threshold:g}: {n} updates in a row skipped (the last at epoch "
+                         f"{epoch}, step {step}, "
+                         f"gradient norm {norm:.3g}): training has stalled; raise skip_grad_norm, lower "
+                         "lr, or clip with "
                          "clip_grad_norm (the last checkpoint holds the last completed epoch)")
 
 def _update(model:VAE, opt:torch.optim.Optimizer, params:list, run:RunState, epoch:int, step:int) -> tuple:
@@ -420,7 +434,8 @@ def _scheduler(opt:torch.optim.Optimizer, schedule:str, warmup_epochs:int, epoch
     "The `LambdaLR` of `schedule` over `epochs` of `n_batches` steps, or None for a constant rate without warm-up."
     if schedule == 'constant' and not warmup_epochs: return None
     if n_batches is None:
-        raise ValueError(f"schedule={schedule!r}, warmup_epochs={warmup_epochs}: expected a train_dl with a length "
+        raise ValueError(f"schedule={schedule!r}, warmup_epochs={warmup_epochs}: expected a train_dl with "
+                         "a length "
                          "(len(train_dl)), to count the steps; got one without")
     f = WarmupCosine(warmup_epochs * n_batches, epochs * n_batches, schedule == 'cosine')
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
@@ -464,14 +479,17 @@ def _call(cbs:tuple, hook:str, *args):
 # %% ../nbs/03_train.ipynb #2ba2eada
 def _check_fit_args(model, epochs, lr, sync_every, checkpoint, resume, timeout_s=600):
     "Raise `ValueError` for arguments `fit` cannot use."
-    if not isinstance(model, VAE): raise ValueError(f"model: expected a vae_nb VAE, got {type(model).__name__}")
+    if not isinstance(model, VAE): raise ValueError("model: expected a vae_nb VAE, got "
+                                                    f"{type(model).__name__}")
     check_int('epochs', epochs, minimum=1); check_int('sync_every', sync_every, minimum=1); check_positive('lr', lr)
     check_positive('timeout_s', timeout_s)
     for name, v in (('checkpoint', checkpoint), ('resume', resume)):
         if v is not None and not isinstance(v, (str, os.PathLike)) and not (name == 'resume' and isinstance(v, bool)):
             raise ValueError(f"{name}: expected a file path or None, got {type(v).__name__}")
-        if isinstance(v, str) and not v: raise ValueError(f"{name}: expected a file path or None, got an empty string")
-    if resume is True and checkpoint is None: raise ValueError("resume=True: expected a `checkpoint` path to resume from, got None")
+        if isinstance(v, str) and not v: raise ValueError(f"{name}: expected a file path or None, got an "
+                                                          "empty string")
+    if resume is True and checkpoint is None: raise ValueError("resume=True: expected a `checkpoint` path "
+                                                               "to resume from, got None")
 
 def _check_kit(ema, clip_grad_norm, skip_grad_norm, max_skips, schedule, warmup_epochs, patience, precision, valid_dl) -> dict:
     "The training kit's arguments, checked, as the run's settings record them."
@@ -482,7 +500,8 @@ def _check_kit(ema, clip_grad_norm, skip_grad_norm, max_skips, schedule, warmup_
     check_int('max_skips', max_skips, minimum=1); check_choice('schedule', schedule, SCHEDULES)
     check_int('warmup_epochs', warmup_epochs); check_choice('precision', precision, PRECISIONS)
     if patience is not None and check_int('patience', patience, minimum=1) and valid_dl is None:
-        raise ValueError(f"patience={patience}: expected a valid_dl to watch (early stopping never looks at the test set), got None")
+        raise ValueError(f"patience={patience}: expected a valid_dl to watch (early stopping never looks "
+                         "at the test set), got None")
     f = lambda v: None if v is None else float(v)
     return dict(ema=f(ema), clip_grad_norm=f(clip_grad_norm), skip_grad_norm=f(skip_grad_norm), max_skips=max_skips,
                 schedule=schedule, warmup_epochs=warmup_epochs, patience=patience, precision=precision)
@@ -498,7 +517,8 @@ def _check_same_run(saved:dict, now:dict, path):
     for k, before in _SAME_ON_RESUME.items():
         was = saved.get(k, before)
         if (was is not None or k != 'objective') and was != now[k]:
-            raise ValueError(f"resume: {path} was trained with {k}={was!r}, this call asks for {k}={now[k]!r}; pass the same "
+            raise ValueError(f"resume: {path} was trained with {k}={was!r}, this call asks for "
+                             f"{k}={now[k]!r}; pass the same "
                              "to continue it exactly, or start a fresh run")
 
 def _resume_schedule(sched, state:dict, lr:float, saved_lr, total:int):
@@ -515,12 +535,14 @@ def _resume(model:VAE, opt, path, lr:float, seed:int, run:RunState, now:dict, to
     # on the CPU: random states must stay there; load_state_dict moves the rest
     ckpt = load_checkpoint(path)
     if ckpt['optimizer'] is None:
-        raise CheckpointError(f"{path}: holds no optimiser state, so training cannot continue exactly from it")
+        raise CheckpointError(f"{path}: holds no optimiser state, so training cannot continue exactly "
+                              "from it")
     _check_same_run(ckpt['settings'], now, path)
     load_weights(model, ckpt, path)
     try: opt.load_state_dict(ckpt['optimizer'])
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: damaged checkpoint: its optimiser state does not fit this model ({type(e).__name__})") from None
+        raise CheckpointError(f"{path}: damaged checkpoint: its optimiser state does not fit this model "
+                              f"({type(e).__name__})") from None
     if run.scheduler is None:
         for g in opt.param_groups: g['lr'] = lr
     else: _resume_schedule(run.scheduler, ckpt['scheduler'], lr, ckpt['settings'].get('lr'), total_steps)
@@ -531,9 +553,12 @@ def _resume(model:VAE, opt, path, lr:float, seed:int, run:RunState, now:dict, to
     if len(states) == run.world_size: set_rng_state(states[run.rank])
     else:
         torch.manual_seed(rank_seed(seed, run.rank) + ckpt['epoch'])
-        if run.rank == 0: warnings.warn(f"{path}: written by {len(states)} process(es), resumed by {run.world_size}: training "
-                                        "continues, but its random draws differ from those of an unbroken run")
-    same_everywhere(ckpt['epoch'], f"{path}: every process must resume from the same checkpoint (on several machines: a shared "
+        if run.rank == 0: warnings.warn(f"{path}: written by {len(states)} process(es), resumed by "
+                                        f"{run.world_size}: training "
+                                        "continues, but its random draws differ from those of an unbroken "
+                                        "run")
+    same_everywhere(ckpt['epoch'], f"{path}: every process must resume from the same checkpoint (on "
+                                   "several machines: a shared "
                     f"file system); this one holds epoch {ckpt['epoch']}", CheckpointError)
     return list(ckpt['history']), ckpt['epoch']
 
@@ -542,7 +567,8 @@ def _refuse_overwrite(path:Path):
     if not path.exists(): return
     try: what = f"a run at epoch {load_checkpoint(path)['epoch']}"
     except (ValueError, OSError): what = "a file that is not a readable checkpoint"
-    raise FileExistsError(f"checkpoint: {path} already holds {what}; resume it, or delete it or choose another path to start afresh")
+    raise FileExistsError(f"checkpoint: {path} already holds {what}; resume it, or delete it or choose "
+                          "another path to start afresh")
 
 # %% ../nbs/03_train.ipynb #2c0f4070
 def _train_and_score(model, scored, train_dl, valid_dl, test_dl, opt, epoch:int, epochs:int, progress:bool,
@@ -550,7 +576,8 @@ def _train_and_score(model, scored, train_dl, valid_dl, test_dl, opt, epoch:int,
     "One epoch: set the loader's epoch, train `model`, score `scored` on the validation and test sets; its history record."
     t0 = time.perf_counter()
     _set_epoch(train_dl, epoch - 1)
-    if run.world_size > 1: same_everywhere(_n_batches(train_dl), f"train_dl: expected as many batches on every process in epoch {epoch}")
+    if run.world_size > 1: same_everywhere(_n_batches(train_dl), "train_dl: expected as many batches on "
+                                                                 f"every process in epoch {epoch}")
     with tqdm(total=_n_batches(train_dl), desc=f"epoch {epoch}/{epochs}", unit='batch', leave=True,
               disable=None if progress and run.rank == 0 else True) as pbar:
         rec = train_epoch(model, train_dl, opt, epoch, objective, run, pbar)
@@ -636,7 +663,8 @@ def fit(model:VAE, # the model; trained in place, and moved to `device`
         for name, dl in (('valid_dl', valid_dl), ('test_dl', test_dl)):
             if dl is not None: _splits_batches(dl, name, W)
         same_everywhere(dict(epochs=epochs, lr=lr, seed=seed, sync_every=sync_every, objective=objective.to_dict(), **kit,
-                             checkpoint=str(checkpoint), resume=str(resume)), "fit: expected the same arguments on every process")
+                             checkpoint=str(checkpoint), resume=str(resume)), "fit: expected the same "
+                                                                              "arguments on every process")
     model.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n_batches = _n_batches(train_dl)
@@ -670,7 +698,8 @@ def fit(model:VAE, # the model; trained in place, and moved to `device`
             if W > 1: barrier()
         if stop and rank == 0:
             kept = f", kept in {best_path(ckpt)}" if ckpt else ''
-            print(f"fit: stopped early after epoch {done} of {epochs}: no better validation ELBO for {patience} epochs "
+            print(f"fit: stopped early after epoch {done} of {epochs}: no better validation ELBO for "
+                  f"{patience} epochs "
                   f"(best {run.best_elbo:.2f} at epoch {run.best_epoch}{kept})", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         # several processes: no exchange once interrupted
@@ -682,8 +711,10 @@ def fit(model:VAE, # the model; trained in place, and moved to `device`
         if W == 1: raise
         where = f"; {ckpt} holds epoch {saved} (continue with resume='{ckpt}')" if ckpt else ''
         first = (str(e).strip().splitlines() or [''])[0][:200]
-        print(f"fit: process {rank} of {W} stopped in epoch {done + 1} of {epochs} ({type(e).__name__}: {first}); if another process "
-              f"failed first, its error is the cause (torchrun reports it as the root cause){where}", file=sys.stderr, flush=True)
+        print(f"fit: process {rank} of {W} stopped in epoch {done + 1} of {epochs} ({type(e).__name__}: "
+              f"{first}); if another process "
+              "failed first, its error is the cause (torchrun reports it as the root "
+              f"cause){where}", file=sys.stderr, flush=True)
         raise
     # the caller gets the averaged weights
     if run.ema is not None: model.load_state_dict(run.ema.module.state_dict())
