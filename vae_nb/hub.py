@@ -58,10 +58,15 @@ def _dataset_name(dataset:str) -> str:
     "A dataset as the card shows it: a known name as it is, a folder by its last name."
     return dataset if dataset in DATASETS else f"a folder of images, `{Path(dataset).name}`"
 
+def _plain(v) -> str:
+    "A value as plain text: floats to 6 digits, dicts as `k=v, ...`, lists as `a, b, ...`."
+    if isinstance(v, dict): return ', '.join(f"{k}={_plain(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)): return ', '.join(map(_plain, v))
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
 def _cell(v) -> str:
     "A value as a cell of a markdown table."
-    s = f"{v:.6g}" if isinstance(v, float) else str(v)
-    return s.replace('|', '\\|').replace('\n', ' ')
+    return _plain(v).replace('|', '\\|').replace('\n', ' ')
 
 def _table(head:tuple, rows:dict) -> str:
     "A two-column markdown table."
@@ -115,7 +120,7 @@ def model_card(config:dict, # the model's config: the arguments of VAE
             f"`{c.get('likelihood', 'gaussian')}` likelihood p(x|z)" + (f", trained on {data}." if data else '.'))
     parts = [_front_matter(dataset, license, tags), f"# vae_nb VAE ({data})" if data else '# vae_nb VAE', what,
              '## Model', _table(('setting', 'value'), c)]
-    run = {k: v for k, v in (settings or {}).items() if v is not None and k != 'dataset'}
+    run = {k: v for k, v in (settings or {}).items() if v is not None and k != 'dataset' and k not in c}   # not twice
     done = ([f"Trained for {epochs} epoch{'' if epochs == 1 else 's'}."] if epochs is not None else []) + \
            ([f"Weights: {weights}."] if weights else [])
     if run or done:
