@@ -80,6 +80,16 @@ def _warm_up_torch():
     import torch
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
+def _objective_check(model, vae, xb):
+    "vae_nb's loss − pythae's on one batch with the same ε (expected (D/2)·log 2π), and their largest gradient difference."
+    import torch
+    params = list(vae.parameters())                      # the same tensors inside pythae's model
+    torch.manual_seed(123); lp = model({'data': xb}).loss
+    gp = torch.autograd.grad(lp, params)
+    torch.manual_seed(123); _, nll, kl = vae(xb); lv = (nll + kl).mean()
+    gv = torch.autograd.grad(lv, params)
+    return (lv - lp).item(), max((a - b).abs().max().item() for a, b in zip(gv, gp))
+
 def child_vae_nb(args):
     NAME = 'vae_nb'
     import vae_nb                                        # first: vae_nb's OpenMP setting, as its users get it
@@ -97,7 +107,7 @@ def child_vae_nb(args):
     threads = use_cpu_threads(model, x[:1], None if args.threads == 'default' else int(args.threads))
     dl = InMemoryLoader(x, torch.zeros(len(x), dtype=torch.long), batch_size=meta['batch_size'], shuffle=True, seed=args.train_seed)
     _warm_up_torch()
-    out.write(f"ready {threads} {os.environ.get('OMP_WAIT_POLICY', '')}\n")
+    out.write(f"ready {threads} nan nan {os.environ.get('OMP_WAIT_POLICY', '')}\n")
     p = _Pauser(out, args.profile_epoch, work / f'{NAME}_profile.txt')
     if p.wait() == 'finish': return
     class Pause:
@@ -141,7 +151,8 @@ def child_pythae(args):
                              per_device_train_batch_size=meta['batch_size'], per_device_eval_batch_size=meta['batch_size'],
                              optimizer_cls='Adam', seed=args.train_seed, no_cuda=True)
     _warm_up_torch()
-    out.write(f"ready {torch.get_num_threads()} {os.environ.get('OMP_WAIT_POLICY', '')}\n")
+    gap, grad_diff = _objective_check(model, vae, torch.from_numpy(x[:meta['batch_size']]))   # before training (pythae reseeds)
+    out.write(f"ready {torch.get_num_threads()} {gap:.6f} {grad_diff:.3e} {os.environ.get('OMP_WAIT_POLICY', '')}\n")
     p = _Pauser(out, args.profile_epoch, work / f'{NAME}_profile.txt')
     class Pause(TrainingCallback):
         def __init__(self): self.loss = float('nan')
@@ -170,7 +181,8 @@ class Child:
         self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
                                   env=env, cwd=str(REPO))
         words = self.read('ready')
-        self.threads, self.omp_wait = int(words[1]), (words[2] if len(words) > 2 else '')
+        self.threads, self.gap, self.grad_diff = int(words[1]), float(words[2]), float(words[3])
+        self.omp_wait = words[4] if len(words) > 4 else ''
     def read(self, what):
         line = self.p.stdout.readline()
         if not line.startswith(what):
@@ -223,6 +235,7 @@ def race(label, pythae_python, work, epochs, vae_threads, pythae_threads, logs, 
         for c in kids.values():
             if c.p.poll() is None: c.p.kill()
     return dict(label=label, times=times, losses=losses, threads={k: c.threads for k, c in kids.items()},
+                gap=kids['pythae'].gap, grad_diff=kids['pythae'].grad_diff,
                 omp_wait={k: c.omp_wait for k, c in kids.items()})
 
 def log_likelihoods(work, meta, x_test, k, seed):
@@ -248,8 +261,11 @@ def versions(pythae_python):
     cpu = next((l.split(':', 1)[1].strip() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('model name')),
                'unknown CPU') if Path('/proc/cpuinfo').exists() else 'unknown CPU'
     import vae_nb
-    sha = subprocess.run(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
-    return (f"vae_nb {vae_nb.__version__} (commit {sha or '?'}): Python {sys.version.split()[0]}, torch {torch.__version__}, "
+    git = lambda *a: subprocess.run(['git', '-C', str(REPO), *a], capture_output=True, text=True).stdout.strip()
+    sha = git('rev-parse', '--short', 'HEAD')
+    where = (f"commit {sha}{', with uncommitted changes in vae_nb/' if git('status', '--porcelain', '--', 'vae_nb') else ''}"
+             if sha else 'not a git checkout')
+    return (f"vae_nb {vae_nb.__version__} from {Path(vae_nb.__file__).parent} ({where}): Python {sys.version.split()[0]}, torch {torch.__version__}, "
             f"numpy {numpy.__version__}\npythae side ({pythae_python}): Python, torch, numpy, pythae, pydantic = {r.stdout.strip()}\n"
             f"CPU: {cpu}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores usable")
 
@@ -340,6 +356,8 @@ def main(argv=None):
         print(versions(args.pythae_python))
         if rounds: print(f"OMP_WAIT_POLICY: vae_nb child {rounds[0]['omp_wait']['vae_nb'] or 'unset'}, "
                          f"pythae child {rounds[0]['omp_wait']['pythae'] or 'unset'}")
+        if rounds: print(f"objective check (one batch, the same ε, initial weights): vae_nb loss − pythae loss = {rounds[0]['gap']:.4f} "
+                         f"(expected (D/2)·log 2π = {D_HALF_LOG_2PI:.4f}), largest gradient difference {rounds[0]['grad_diff']:.1e}")
         print(f"data: {args.n_train} mnist5k training images, batch {meta['batch_size']}, Adam lr {meta['lr']}, {args.epochs} epochs; "
               f"initial weights from seed {args.seed}, training seeds {', '.join(map(str, seeds))} (the 'same' rounds: "
               f"{seeds[0]}); log-likelihood: k = {args.k} on {len(x_test)} test images, the same noise for both\n")
