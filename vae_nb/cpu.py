@@ -16,38 +16,38 @@ from .checks import check_int
 __all__ = ['SMALL_MODEL_FLOPS', 'forward_flops', 'cpu_cores', 'cpu_threads', 'use_cpu_threads', 'set_chunk_workers',
            'chunk_workers', 'map_chunks']
 
-# %% ../nbs/00c_cpu.ipynb #4e27250b
+# %% ../nbs/00c_cpu.ipynb #b1d546bd
 SMALL_MODEL_FLOPS = 30e6  # forward FLOPs per example below which one intra-op thread is as fast as several (see above)
 
 def forward_flops(model:nn.Module, # any module
-                  x:Tensor, # one example as a batch of 1, e.g. `images[:1]`
-                 ) -> int: # floating-point operations of `model(x)`, counted by `torch.utils.flop_counter`
-    "The FLOPs of one forward pass of `model` over the example `x`."
-    with torch.no_grad(), FlopCounterMode(display=False) as counter: model(x)
+                  x:Tensor, # one example as a batch of 1, e.g. images[:1]
+                 ) -> int: # floating-point operations of model(x), counted by torch.utils.flop_counter
+    "The FLOPs of one forward pass of `model` over the example `x` (torch's random state is left as it was)."
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), FlopCounterMode(display=False) as counter: model(x)
     return counter.get_total_flops()
 
 def cpu_cores() -> int:
     "The number of CPU cores this process may run on."
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
-def cpu_threads(flops:float, # forward FLOPs per example, e.g. from `forward_flops`
-                cores:int|None=None, # cores to use; None: `cpu_cores()`
-               ) -> int: # intra-op threads: 1 below `SMALL_MODEL_FLOPS`, else `cores`
+def cpu_threads(flops:float, # forward FLOPs per example, e.g. from forward_flops
+                cores:int|None=None, # cores to use; None: cpu_cores()
+               ) -> int: # intra-op threads: 1 below SMALL_MODEL_FLOPS, else cores
     "The number of intra-op threads that trains a model of `flops` per example fastest on this CPU."
     cores = cpu_cores() if cores is None else check_int('cores', cores, minimum=1)
     return 1 if flops < SMALL_MODEL_FLOPS else cores
 
-# %% ../nbs/00c_cpu.ipynb #20809fb9
+# %% ../nbs/00c_cpu.ipynb #26df481c
 def use_cpu_threads(model:nn.Module, # the model that will run on the CPU
                     x:Tensor, # one example as a batch of 1
-                    threads:int|None=None, # the user's choice; None: `cpu_threads(forward_flops(model, x))`, unless OMP_NUM_THREADS is set
+                    threads:int|None=None, # the user's choice; None: cpu_threads(forward_flops(model, x)), unless OMP_NUM_THREADS is set
                    ) -> int: # the intra-op threads PyTorch now uses
     "Set PyTorch's intra-op threads for `model`: the user's number, else OMP_NUM_THREADS's, else by the model's size."
     if threads is None and not os.environ.get('OMP_NUM_THREADS'): threads = cpu_threads(forward_flops(model, x))
     if threads is not None: torch.set_num_threads(check_int('threads', threads, minimum=1))
     return torch.get_num_threads()
 
-# %% ../nbs/00c_cpu.ipynb #a6227611
+# %% ../nbs/00c_cpu.ipynb #405e497d
 _pool, _pool_workers, _pool_lock = None, 0, threading.Lock()
 
 def _one_thread(): torch.set_num_threads(1)      # each worker: one intra-op thread (OpenMP settings are per thread)
@@ -63,7 +63,7 @@ def _executor(workers:int) -> ThreadPoolExecutor:
 
 _workers = None   # set_chunk_workers's choice; None: automatic
 
-def set_chunk_workers(workers:int|None, # worker threads for `map_chunks`; None: automatic (`chunk_workers`)
+def set_chunk_workers(workers:int|None, # worker threads for map_chunks; None: automatic (chunk_workers)
                      ) -> int|None: # the previous setting
     "Fix the number of worker threads `map_chunks` uses by default (1: no workers), or return to the automatic choice."
     global _workers
@@ -77,7 +77,7 @@ def chunk_workers() -> int:
 
 def map_chunks(f:Callable, # a function of one item, e.g. decoding one chunk of latents
                items:Iterable, # the items, e.g. chunks of noise; consumed a few at a time
-               workers:int|None=None, # threads; None: `chunk_workers()`; 1: a plain loop in this thread
+               workers:int|None=None, # threads; None: chunk_workers(); 1: a plain loop in this thread
               ) -> list: # [f(item) for item in items], in order
     "`[f(i) for i in items]`, spread over worker threads when cores are idle."
     workers = chunk_workers() if workers is None else check_int('workers', workers, minimum=1)

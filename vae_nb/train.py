@@ -14,6 +14,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from .model import VAE, evaluating
 from .checks import check_int, check_positive, check_choice
+from .cpu import use_cpu_threads, cpu_cores
 from .dist import (DistInfo, distributed_info, group_info, resolve_device, init_distributed, finish_distributed,
                          barrier, all_sum, gather, same_everywhere, rank_seed, seeded)
 from .checkpoint import (CheckpointError, save_checkpoint, load_checkpoint, load_model, load_weights, check_plain,
@@ -32,11 +33,16 @@ _all_ = ['DistInfo', 'distributed_info', 'rank_seed', 'resolve_device', 'init_di
 
 # %% ../nbs/03_train.ipynb #b1d47f8e
 def prepare_model(model:VAE, # the model
-                  device:str|torch.device='auto', # where it goes, see `resolve_device`
+                  device:str|torch.device='auto', # where it goes, see resolve_device
+                  threads:int|None=None, # CPU threads; None: by the model's size (use_cpu_threads), unless already chosen
                  ) -> VAE: # `model`, moved, in the memory layout that is fastest on that device
-    "Move `model` to `device`, in `channels_last` on the CPU and in the default layout elsewhere."
+    "Move `model` to `device`: on the CPU in `channels_last`, with PyTorch's threads chosen for its size; elsewhere as it is."
     d = resolve_device(device)
-    return model.to(device=d, memory_format=torch.channels_last if d.type == 'cpu' else torch.contiguous_format)
+    model = model.to(device=d, memory_format=torch.channels_last if d.type == 'cpu' else torch.contiguous_format)
+    # the threads are ours to choose unless the user chose them (OMP_NUM_THREADS, or torch.set_num_threads to fewer cores)
+    if d.type == 'cpu' and (threads is not None or torch.get_num_threads() == cpu_cores()):
+        use_cpu_threads(model, torch.zeros(1, model.in_channels, model.input_size, model.input_size, device=d), threads)
+    return model
 
 # %% ../nbs/03_train.ipynb #a505549e
 def _images(batch) -> Tensor:
