@@ -38,14 +38,14 @@ def _split_sizes(n, # None, an int, (n_train, n_test), or (n_train, n_valid, n_t
         raise ValueError(f"n: expected None, an int or a pair (n_train, n_test){' or (n_train, n_valid, n_test)' if k == 3 else ''}, got {n!r}")
     return tuple(None if v is None else check_int('n', v, minimum=1) for v in pair)
 
-def get_dataloaders(name:str|os.PathLike='mnist5k', # one of `DATASETS`, or a folder of images
+def get_dataloaders(name:str|os.PathLike='mnist5k', # one of DATASETS, or a folder of images
                     batch_size:int=64, # examples per batch; with several processes, the global batch over all of them
-                    root:str|os.PathLike|None=None, # data folder for downloads, see `data_root`
+                    root:str|os.PathLike|None=None, # data folder for downloads, see data_root
                     download:bool=True, # download a missing dataset on first use
                     seed:int=0, # with the epoch, fixes the training order (and the dynamic binarisation)
                     n:int|tuple|None=None, # keep the first n examples of each split, or (n_train, n_test), or (n_train, n_valid, n_test); None: all
                     device:str|torch.device|None=None, # where in-memory uint8 images are kept, e.g. 'cuda' (no host copy per step); None: the CPU
-                    test_batch_size:int|None=None, # examples per test (and valid) batch; default `batch_size`
+                    test_batch_size:int|None=None, # examples per test (and valid) batch; default batch_size
                     num_workers:int|None=None, # a folder's decoding processes (first read; streaming); None: one per core, at most 8
                     image_size:int|None=None, # a folder's side S (None: 32); a built-in set takes only 32
                     channels:int|None=None, # a folder's channels, 1 or 3 (None: 3); a built-in set takes only its own
@@ -53,9 +53,9 @@ def get_dataloaders(name:str|os.PathLike='mnist5k', # one of `DATASETS`, or a fo
                     rank:int|None=None, # this process's rank; None: from torch.distributed or torchrun's environment, else 0
                     world_size:int|None=None, # number of processes; None: likewise, else 1
                     valid_fraction:float=0.0, # share of the training set held out for validation (never the test set); 0: none
-                    cache_dir:str|os.PathLike|None=None, # a folder's cache of decoded images; None: `<folder>/.vae_nb_cache`
-                    **kwargs, # a folder's other options, see `image_folder_datasets`: test_fraction, split_seed, on_error, memory_budget, cache, progress
-                   )->tuple: # (train, test) loaders, or (train, valid, test) with a `valid_fraction`: x float32 (B, C, S, S) in [-1, 1], y int64 (B,)
+                    cache_dir:str|os.PathLike|None=None, # a folder's cache of decoded images; None: <folder>/.vae_nb_cache
+                    **kwargs, # a folder's other options, see image_folder_datasets: test_fraction, split_seed, on_error, memory_budget, cache, progress
+                   )->tuple: # (train, test) loaders, or (train, valid, test) with a valid_fraction: x float32 (B, C, S, S) in [-1, 1], y int64 (B,)
     "Train (shuffled, with `set_epoch`), optionally valid, and test loaders of dataset `name`, a built-in set or a folder of images."
     check_int('batch_size', batch_size, minimum=1); check_int('seed', seed)
     if num_workers is not None: check_int('num_workers', num_workers)
@@ -85,7 +85,7 @@ _INFO = {
 DATASETS = tuple(_INFO)
 
 # %% ../nbs/02_data.ipynb #d3655c85
-def _resolve(name:str|os.PathLike, # a name in `DATASETS`, or a folder of images
+def _resolve(name:str|os.PathLike, # a name in DATASETS, or a folder of images
             )->str|Path: # the name, or the folder
     "Which dataset `name` means: a known name first, else an existing folder; else a `ValueError` that offers both."
     if isinstance(name, str) and name in _INFO: return name
@@ -114,7 +114,7 @@ def _check_fraction(name:str, v, zero:bool=False)->float:
     return float(v)
 
 # %% ../nbs/02_data.ipynb #6be98a8f
-def dataset_info(name:str|os.PathLike, # one of `DATASETS`, or a folder of images (see `ImageFolderDataset`)
+def dataset_info(name:str|os.PathLike, # one of DATASETS, or a folder of images (see ImageFolderDataset)
                  image_size:int|None=None, # a folder's side S (None: 32); a built-in set takes only its own, 32
                  channels:int|None=None, # a folder's channels, 1 or 3 (None: 3); a built-in set takes only its own
                 )->dict: # in_channels, input_size and the class names ([] for a folder without class subfolders)
@@ -187,7 +187,7 @@ def data_root(root:str|os.PathLike|None=None, # folder for downloaded datasets; 
 def _ensure(name:str, # dataset name, for the message
             files:list, # paths that must exist
             fetch:Callable, # downloads them
-            download:bool, # call `fetch` when a file is missing
+            download:bool, # call fetch when a file is missing
             offline:str='', # another way to get the files without a network, added to the messages
            ):
     "Make sure every path in `files` exists, fetching them if `download`; else raise `FileNotFoundError`."
@@ -303,21 +303,21 @@ _READERS = dict(mnist5k=lambda root, download: load_mnist5k(), mnist=partial(_re
 
 def _valid_split(ds:ImageDataset, # a built-in set's training split
                  valid_fraction:float, # share held out
-                )->tuple: # (train, valid) `ImageDataset`s, each in stored order
+                )->tuple: # (train, valid) ImageDatasets, each in stored order
     "Hold out round(n·valid_fraction) training images (at least 1, at most n-1), chosen by a generator of their own: the same for every run."
     n = len(ds)
     held = torch.zeros(n, dtype=torch.bool)
     held[torch.randperm(n, generator=_generator(0, n, spawn_key=_VALID))[:min(n - 1, max(1, round(n * valid_fraction)))]] = True
     return ImageDataset(ds.x[~held], ds.y[~held], ds.classes), ImageDataset(ds.x[held], ds.y[held], ds.classes)
 
-def get_datasets(name:str|os.PathLike='mnist5k', # one of `DATASETS`, or a folder of images
-                 root:str|os.PathLike|None=None, # data folder for downloads, see `data_root`; unused by mnist5k and folders
+def get_datasets(name:str|os.PathLike='mnist5k', # one of DATASETS, or a folder of images
+                 root:str|os.PathLike|None=None, # data folder for downloads, see data_root; unused by mnist5k and folders
                  download:bool=True, # download a missing dataset on first use
-                 image_size:int|None=None, # a folder's side S (None: 32), see `dataset_info`
+                 image_size:int|None=None, # a folder's side S (None: 32), see dataset_info
                  channels:int|None=None, # a folder's channels, 1 or 3 (None: 3)
                  valid_fraction:float=0.0, # share of the training set held out for validation (never from the test set); 0: none
-                 **kwargs, # a folder's other options, see `image_folder_datasets`: test_fraction, split_seed, on_error, memory_budget, cache, cache_dir, num_workers, progress
-                )->tuple: # (train, test) `ImageDataset`s, or `ImageFolderDataset`s for a folder; (train, valid, test) with a `valid_fraction`
+                 **kwargs, # a folder's other options, see image_folder_datasets: test_fraction, split_seed, on_error, memory_budget, cache, cache_dir, num_workers, progress
+                )->tuple: # (train, test) ImageDatasets, or ImageFolderDatasets for a folder; (train, valid, test) with a valid_fraction
     "Train and test datasets of `name`, yielding (x float32 (C, S, S) in [-1, 1], y int64); S is 32 for the built-in sets."
     d = _resolve(name)
     _check_fraction('valid_fraction', valid_fraction, zero=True)
@@ -353,7 +353,7 @@ _VALID, _DRAWS, _ONCE, _WORKERS = (1,), (2,), (3,), (4,)  # `spawn_key`s: the va
 
 def _generator(seed:int, # the run's seed
                *key:int, # more non-negative ints that pick the stream, e.g. the epoch
-               spawn_key:tuple=(), # a family of streams, e.g. `_DRAWS`; () for the epoch orders
+               spawn_key:tuple=(), # a family of streams, e.g. _DRAWS; () for the epoch orders
                device:str|torch.device='cpu', # where it draws
               )->torch.Generator:
     "A generator seeded by a hash of `(seed, *key)`: the same on every machine, unrelated for nearby keys."
@@ -425,11 +425,11 @@ class InMemoryLoader:
                  shuffle:bool=False, # permute the examples every epoch
                  drop_last:bool=False, # drop the last, smaller batch
                  seed:int=0, # with the epoch, fixes the order (and the dynamic binarisation)
-                 tfm:Callable|None=None, # applied to each batch of `x`, e.g. `to_model_range`
+                 tfm:Callable|None=None, # applied to each batch of x, e.g. to_model_range
                  rank:int|None=None, # this process's rank; None: from torch.distributed or torchrun's RANK, else 0
                  world_size:int|None=None, # number of processes; None: likewise (WORLD_SIZE), else 1
-                 pad:bool=True, # equal shards by repeating examples, as `DistributedSampler` (training); False: each example once (evaluation)
-                 binarize:str|None=None, # binarise the uint8 `x` before `tfm`: 'fixed' or 'dynamic'; None: no
+                 pad:bool=True, # equal shards by repeating examples, as DistributedSampler (training); False: each example once (evaluation)
+                 binarize:str|None=None, # binarise the uint8 x before tfm: 'fixed' or 'dynamic'; None: no
                  redraw:bool=True, # 'dynamic': fresh draws every epoch (training); False: one fixed draw per image (evaluation)
                 ):
         if not isinstance(x, Tensor) or not isinstance(y, Tensor) or x.ndim == 0 or len(x) != len(y):
@@ -531,8 +531,8 @@ def _scan(folder:Path, # a folder to read
 
 def _images_under(folder:Path, # the dataset's folder
                   part:str|None, # 'train' or 'test': read folder/part; None: the folder itself
-                  skipped:list, # appended: what was left out, see `_scan`
-                  seen:set, # see `_scan`
+                  skipped:list, # appended: what was left out, see _scan
+                  seen:set, # see _scan
                  )->tuple: # (relative paths, sorted; the class name of each or None)
     "The image files under `folder` (or its `part`): loose ones (no labels), or those in each class subfolder (any depth)."
     found, root = [], folder/part if part else folder
@@ -623,7 +623,7 @@ def _quiet_torchvision():
 MAX_PIXELS = 89_478_485  # the most pixels an image may have: Pillow's MAX_IMAGE_PIXELS
 
 def _size(data:bytes, # the file's bytes
-          kind:str, # its format, see `_kind`
+          kind:str, # its format, see _kind
          )->tuple|None: # (width, height), or None where the header cannot be read
     "An image's size from its header, decoding no pixels: PNG's IHDR directly, the others through Pillow's lazy open."
     if kind == 'png': return (int.from_bytes(data[16:20], 'big'), int.from_bytes(data[20:24], 'big')) if len(data) >= 24 else None
@@ -725,7 +725,7 @@ class _DecodeEach(torch.utils.data.Dataset):
     def __len__(self): return len(self.files)
     def __getitem__(self, i): return i, *_try_load(self.folder/self.files[i], self.image_size, self.channels)
 
-def _pack(items:list, # `_DecodeEach` items
+def _pack(items:list, # _DecodeEach items
          )->tuple: # (int64 indices of the images that decoded, uint8 (b, C, S, S) of them or None, [(i, reason)] of the others)
     "Pack a batch of decoded images into one tensor in the worker: one block of shared memory carries them, not one each."
     good = [(i, img) for i, img, _ in items if img is not None]
@@ -915,10 +915,10 @@ def index_folder(folder:str|os.PathLike, # the dataset's folder
                  channels:int=3, # 1 or 3
                  memory_budget:int=2**31, # bytes; when all N·C·S·S pixels fit, keep them; else only find the files that decode (to stream them)
                  cache:bool=True, # read and write the cache
-                 cache_dir:str|os.PathLike|None=None, # the cache's folder; None: `<folder>/.vae_nb_cache`
+                 cache_dir:str|os.PathLike|None=None, # the cache's folder; None: <folder>/.vae_nb_cache
                  num_workers:int|None=None, # decoding processes; None: one per core, at most 8
                  progress:bool=True, # a progress bar while decoding
-                )->dict: # files, labels, classes, parts (see `find_images`), ok (bool per file), bad [(file, reason)], x (uint8 (n_ok, C, S, S) or None)
+                )->dict: # files, labels, classes, parts (see find_images), ok (bool per file), bad [(file, reason)], x (uint8 (n_ok, C, S, S) or None)
     "Find and decode the images of `folder`, through a cache keyed by the files' names, sizes, mtimes and the output shape."
     image_size, channels = _folder_shape(image_size, channels); check_int('memory_budget', memory_budget)
     folder = Path(folder).expanduser()
@@ -957,18 +957,18 @@ def _split_masks(files:list, # the folder's files
 class ImageFolderDataset(torch.utils.data.Dataset):
     "One split of a folder of images; item `i` is (x float32 (C, S, S) in [-1, 1], y int64: its class, or -1 without class subfolders)."
     def __init__(self, folder:str|os.PathLike, # images; or one subfolder per class; or train/ and test/ holding either
-                 split:str='train', # 'train', 'valid' (needs `valid_fraction`) or 'test'
+                 split:str='train', # 'train', 'valid' (needs valid_fraction) or 'test'
                  image_size:int=32, # side S: the shorter side resized to S, the centre square kept; a multiple of 16
                  channels:int=3, # 3 (RGB) or 1 (grey); alpha is dropped
                  test_fraction:float=0.1, # held out for testing when the folder has no train/ and test/ (each file by its name's hash)
                  split_seed:int=0, # fixes which files are held out; adding or removing files moves no other
                  on_error:str='skip', # a file that cannot be decoded: 'skip' it with a warning, or 'raise' a ValueError
                  memory_budget:int=2**31, # bytes; a folder whose N·C·S·S pixels fit is decoded once into memory, a larger one is streamed
-                 cache:bool=True, # keep the decoded images (streaming: the list of good files) in `<folder>/.vae_nb_cache`
-                 cache_dir:str|os.PathLike|None=None, # another folder for that cache, e.g. when `folder` is read-only
+                 cache:bool=True, # keep the decoded images (streaming: the list of good files) in <folder>/.vae_nb_cache
+                 cache_dir:str|os.PathLike|None=None, # another folder for that cache, e.g. when folder is read-only
                  num_workers:int|None=None, # processes that decode; None: one per core, at most 8
                  progress:bool=True, # a progress bar while decoding
-                 index:dict|None=None, # `index_folder`'s result for these arguments, when the caller has it (it then reports the bad files)
+                 index:dict|None=None, # index_folder's result for these arguments, when the caller has it (it then reports the bad files)
                  valid_fraction:float=0.0, # share of the training files held out for validation, by the same hash rule; 0: none
                 ):
         check_choice('split', split, SPLITS); check_choice('on_error', on_error, ('skip', 'raise'))
@@ -1000,19 +1000,19 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 f"{self.image_size}, {len(self.classes) or 'no'} classes, {'in memory' if self.in_memory else 'streamed from disk'})")
 
 # %% ../nbs/02_data.ipynb #d2766577
-def image_folder_datasets(folder:str|os.PathLike, # see `ImageFolderDataset`
+def image_folder_datasets(folder:str|os.PathLike, # see ImageFolderDataset
                           image_size:int=32, # side S, a multiple of 16
                           channels:int=3, # 1 or 3
                           test_fraction:float=0.1, # held out for testing when the folder has no train/ and test/
                           split_seed:int=0, # fixes which (not the run's seed, so that every run tests on the same images)
                           on_error:str='skip', # 'skip' undecodable files with a warning, or 'raise'
                           memory_budget:int=2**31, # bytes; above it the images are streamed
-                          cache:bool=True, # keep the decoded images in `<folder>/.vae_nb_cache`
+                          cache:bool=True, # keep the decoded images in <folder>/.vae_nb_cache
                           cache_dir:str|os.PathLike|None=None, # another folder for that cache
                           num_workers:int|None=None, # decoding processes; None: one per core, at most 8
                           progress:bool=True, # a progress bar while decoding
                           valid_fraction:float=0.0, # share of the training files held out for validation; 0: none
-                         )->tuple: # (train, test) `ImageFolderDataset`s, or (train, valid, test) with a `valid_fraction`
+                         )->tuple: # (train, test) ImageFolderDatasets, or (train, valid, test) with a valid_fraction
     "The splits of a folder of images, found and decoded once for all of them."
     check_choice('on_error', on_error, ('skip', 'raise'))
     image_size, channels = _folder_shape(image_size, channels)
@@ -1067,7 +1067,7 @@ def _collate(items:list)->tuple: # (uint8 images (b, ...) or None, labels (b,) o
 
 class StreamingLoader:
     "Batches decoded by worker processes in `EpochSampler`'s order, served like `InMemoryLoader`'s: the same order, shards, `set_epoch`, binarisation and `tfm`."
-    def __init__(self, ds, # a dataset with `raw(i)` -> (uint8 image, label) and `tfm`, e.g. a streamed `ImageFolderDataset`
+    def __init__(self, ds, # a dataset with raw(i) -> (uint8 image, label) and tfm, e.g. a streamed ImageFolderDataset
                  batch_size:int=64, # examples per batch; with several processes, the global batch over all of them
                  seed:int=0, # with the epoch, fixes the order (and the dynamic binarisation)
                  shuffle:bool=False, # a new order every epoch
@@ -1112,7 +1112,7 @@ class StreamingLoader:
             yield _serve(xb, self, epoch, i), yb
 
 # %% ../nbs/02_data.ipynb #0beb18cf
-def image_loader(ds, # an `ImageDataset` or `ImageFolderDataset`
+def image_loader(ds, # an ImageDataset or ImageFolderDataset
                  batch_size:int=64, # examples per batch; with several processes, the global batch over all of them
                  shuffle:bool=False, # a new order every epoch (training)
                  seed:int=0, # with the epoch, fixes the order and the dynamic draws
@@ -1125,7 +1125,7 @@ def image_loader(ds, # an `ImageDataset` or `ImageFolderDataset`
                  rank:int|None=None, # this process's rank; None: from torch.distributed or torchrun's environment, else 0
                  world_size:int|None=None, # number of processes; None: likewise, else 1
                  pad:bool|None=None, # equal shards by repeating examples; None: when shuffling (training)
-                )->InMemoryLoader|StreamingLoader: # batches (x float32 (B, C, S, S) in [-1, 1], y int64 (B,)); `set_epoch`; `files`
+                )->InMemoryLoader|StreamingLoader: # batches (x float32 (B, C, S, S) in [-1, 1], y int64 (B,)); set_epoch; files
     "Batches of dataset `ds`: from memory when its uint8 images are there (`ds.x`), else decoded by worker processes; `files` names them."
     redraw, pad = (shuffle if redraw is None else redraw), (shuffle if pad is None else pad)
     if getattr(ds, 'x', None) is None:
@@ -1140,7 +1140,7 @@ def image_loader(ds, # an `ImageDataset` or `ImageFolderDataset`
     return dl
 
 # %% ../nbs/02_data.ipynb #c0b0b006
-def split_record(train_dl, # a loader from `get_dataloaders`: its `files`
+def split_record(train_dl, # a loader from get_dataloaders: its files
                  test_dl, # likewise
                  valid_dl=None, # likewise, when there is a valid split
                 )->dict|None: # {'train': [...], 'test': [...], ('valid': [...])}: relative paths, plain data; None for a built-in set
@@ -1158,8 +1158,8 @@ def _record_splits(record:dict, source:str)->dict:
         raise ValueError(f"{source}: expected a split record (lists of files under 'train', 'test' and perhaps 'valid'), got {describe(record)}")
     return {f: s for s, fs in record.items() for f in fs}
 
-def check_split_record(record:dict|None, # what `split_record` returned when the run began (None: nothing recorded)
-                       train_dl, # today's loaders, from `get_dataloaders`
+def check_split_record(record:dict|None, # what split_record returned when the run began (None: nothing recorded)
+                       train_dl, # today's loaders, from get_dataloaders
                        test_dl,
                        source:str, # what the record comes from, e.g. the checkpoint's path: the message starts with it
                        valid_dl=None, # today's valid loader, when the run has one
