@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from .distributions import DiagonalGaussianDistribution, DiscretizedDistribution, CategoricalDistribution, LOG_2PI, check_range
 from .distributions import LIKELIHOODS, likelihood_params, make_likelihood
 from .checks import check_int, check_tensor, check_choice
+from .cpu import map_chunks
 
 # %% ../nbs/01_model.ipynb #8d71b100
 def down_block(c_in:int, c_out:int) -> nn.Sequential:
@@ -280,13 +281,16 @@ def iw_bound(self:VAE,
     chunk_size = default_chunk_size(B, k, x.device) if chunk_size is None else check_int('chunk_size', chunk_size, minimum=1)
     if noise is not None: check_tensor('noise', noise, (k, B, self.z_dim), x)
     q = self.encode(x, check=False)                                                    # (B, z_dim)
-    total = None                                                                       # running logsumexp, (B,)
-    for start in range(0, k, chunk_size):
-        n = min(chunk_size, k - start)
-        eps = (noise[start:start + n] if noise is not None else
-               torch.randn(n, B, self.z_dim, generator=generator, dtype=x.dtype, device=x.device))  # (n, B, z_dim)
-        lse = _log_weights(self, x, q, eps).logsumexp(0)                                # (B,)
-        total = lse if total is None else torch.logaddexp(total, lse)
+    def chunks():                                        # the noise of each chunk, drawn here in order: (n, B, z_dim)
+        for start in range(0, k, chunk_size):
+            n = min(chunk_size, k - start)
+            yield (noise[start:start + n] if noise is not None else
+                   torch.randn(n, B, self.z_dim, generator=generator, dtype=x.dtype, device=x.device))
+    # each chunk's logsumexp (B,), on the idle CPU cores when there are some (map_chunks); combined in order
+    lses = map_chunks(lambda eps: _log_weights(self, x, q, eps).logsumexp(0), chunks(),
+                      workers=None if x.device.type == 'cpu' else 1)
+    total = lses[0]                                                                    # running logsumexp, (B,)
+    for lse in lses[1:]: total = torch.logaddexp(total, lse)
     return total - math.log(k)
 
 # %% ../nbs/01_model.ipynb #36e402c1
