@@ -75,8 +75,9 @@ def _write_json(obj, path:Path):
     tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
 
 def _duration(seconds:float) -> str:
-    "A rough duration for people: '40 s', '3 min', '2.5 h'."
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+    "A rough duration for people: 'under a second', 'about 40 s', 'about 3 min', 'about 2.5 h'."
+    if seconds < 1: return "under a second"
+    return "about " + (f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h")
 
 # %% ../nbs/04_cli.ipynb #0df721be
 @call_parse
@@ -111,12 +112,12 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
                  workers:int=None, # data-loading processes for a folder too large to cache in memory; default: a few
                 ):
     "Train a VAE; write its checkpoint, image grids and metrics; print the test ELBO and log-likelihood."
-    t0 = time.perf_counter()
     import torch
     from vae_nb import run as R, data
     from vae_nb.dist import distributed_info, finish_distributed
     from vae_nb.train import fit, evaluate
     from vae_nb.viz import save_samples, save_reconstructions
+    t0 = time.perf_counter()                                              # after the imports, as before they moved here
     R.check_flags(epochs=epochs, device=device, k=k, every=every, threads=threads, workers=workers, root=root, cache_dir=cache_dir)
     if threads: torch.set_num_threads(threads)
     plan = R.plan_run(out, resume, overwrite, dataset=dataset, batch_size=batch_size, lr=lr, seed=seed, n_train=n_train,
@@ -150,8 +151,8 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
         _exit('vae_nb_train', f"interrupted; to continue, run: {again}", 130)
     t1 = time.perf_counter()
     n, seconds = R.evaluation_estimate(model, run.test_dl, k)
-    if main: print(f"vae_nb_train: scoring the test log-likelihood with K={k:,} importance samples for each of {n:,} images, "
-                   f"about {_duration(seconds)}", file=sys.stderr, flush=True)
+    if main: print(f"vae_nb_train: scoring the test log-likelihood with K={k:,} importance samples for each of {n:,} images "
+                   f"({_duration(seconds)})", file=sys.stderr, flush=True)
     test = evaluate(model, run.test_dl, k=k, seed=s['seed'], progress=main)     # every process scores its part; lines in a log
     test['bits_per_dim'] = model.bits_per_dim(test['log_likelihood'])
     t2 = time.perf_counter()
