@@ -10,7 +10,9 @@ __all__ = ['png_bytes', 'explorer_directions', 'LatentExplorer', 'latent_explore
 from typing import Optional, Sequence
 import torch
 from torch import Tensor
-import ipywidgets as widgets
+try: import ipywidgets as widgets
+except ImportError as e:  # a one-line reason instead of a traceback into the classes below
+    raise ImportError(f"vae_nb.explorer needs ipywidgets (pip install ipywidgets): {e}") from None
 from torchvision.io import encode_png
 from fastcore.basics import patch
 from .model import VAE
@@ -91,6 +93,7 @@ def z(self:LatentExplorer) -> Tensor: # the latent point shown, shape (z_dim,)
     s = torch.tensor([w.value for w in self.sliders], dtype=self.scales.dtype, device=self.scales.device)  # (n,)
     return self.base + (s * self.scales) @ self.directions
 
+# %% ../nbs/06_explorer.ipynb #dd47f1b8
 @patch
 def render(self:LatentExplorer):
     "Decode `z` and show it (unless a batch of slider changes is under way)."
@@ -106,8 +109,9 @@ def reset(self:LatentExplorer):
     finally: self._hold = False
     self.render()
 
+# %% ../nbs/06_explorer.ipynb #3f9817e3
 @patch
-def set_base(self:LatentExplorer, i:int): # -1: the mean of the data; else an index among the first `n_start` images
+def set_base(self:LatentExplorer, i:int): # -1: the mean of the data; else an index among the first n_start images
     "Move the base point to the data mean or to image `i`'s posterior mean, and reset the sliders."
     n = 0 if self._means is None else len(self._means)
     if isinstance(i, bool) or not isinstance(i, int) or not -1 <= i < n:
@@ -118,8 +122,8 @@ def set_base(self:LatentExplorer, i:int): # -1: the mean of the data; else an in
 
 # %% ../nbs/06_explorer.ipynb #151adecd
 def latent_explorer(model:VAE,
-                    x:Optional[Tensor]=None, # images in [-1, 1], (N, C, S, S): slide along the principal directions of their posterior means
-                    y:Optional[Tensor]=None, # integer labels of `x`, (N,), shown in the drop-down
+                    x:Optional[Tensor]=None, # images in [-1, 1], (N, C, S, S): slide along the principal directions of their μφ(x)
+                    y:Optional[Tensor]=None, # integer labels of x, (N,), shown in the drop-down
                     classes:Optional[Sequence[str]]=None, # names of the labels
                     n_sliders:int=8, # number of directions (at most z_dim)
                     n_start:int=20, # images offered as base points in the drop-down
@@ -161,6 +165,7 @@ def z(self:InterpolationExplorer) -> Tensor: # the latent point shown, shape (z_
     z0, z1 = self.means[self.first.value], self.means[self.last.value]       # (z_dim,) each
     return INTERPOLATIONS[self.method.value](z0, z1, self.t.value)
 
+# %% ../nbs/06_explorer.ipynb #a68c50c8
 @patch
 def render(self:InterpolationExplorer):
     "Show the two originals and the decoded interpolant."
@@ -173,7 +178,7 @@ def render(self:InterpolationExplorer):
 # %% ../nbs/06_explorer.ipynb #cf72c24d
 def interpolation_explorer(model:VAE,
                            x:Tensor, # images in [-1, 1], shape (N, C, S, S)
-                           y:Optional[Tensor]=None, # integer labels of `x`, (N,), shown in the caption
+                           y:Optional[Tensor]=None, # integer labels of x, (N,), shown in the caption
                            classes:Optional[Sequence[str]]=None, # names of the labels
                            first:int=0, # index of the first image
                            last:int=1, # index of the second image

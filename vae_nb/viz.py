@@ -276,6 +276,7 @@ def traversal_grid(model:VAE,
     ax.set_xticks([centre(j) for j in range(T)], [f"{a:g}" for a in torch.as_tensor(offsets).tolist()], fontsize=FONT_SIZE)
     ax.set_yticks([centre(i) for i in range(R)], labels, fontsize=FONT_SIZE)
     ax.set_xlabel('offset a', fontsize=FONT_SIZE)
+    ax.set_ylabel('direction v', fontsize=FONT_SIZE)
     return fig
 
 # %% ../nbs/05_viz.ipynb #e9f02a8b
@@ -314,6 +315,7 @@ def class_profile_plot(profiles:Tensor, # from class_profiles, shape (K, z_dim)
         lim = p.nan_to_num().abs().max().item() or 1.0
         im = ax.imshow(p.numpy(), cmap='RdBu_r', vmin=-lim, vmax=lim, aspect='auto')
         ax.set_yticks(range(K), classes, fontsize=FONT_SIZE)
+        ax.set_ylabel('class', fontsize=FONT_SIZE)
         cb = fig.colorbar(im, ax=ax); cb.set_label('mean of μφ(x)', fontsize=FONT_SIZE)
         cb.ax.tick_params(labelsize=FONT_SIZE)
     else:
@@ -379,7 +381,8 @@ def latent_map(model:VAE,
     return fig
 
 # %% ../nbs/05_viz.ipynb #0eaa4757
-_CURVES = (('loss', 'loss (−ELBO), nats'), ('nll', 'NLL, nats'), ('kl', 'KL, nats'), ('seconds', 'seconds per epoch'))
+_CURVES = (('loss', 'loss (−ELBO)', 'nats'), ('nll', 'NLL', 'nats'), ('kl', 'KL', 'nats'),
+           ('seconds', 'time per epoch', 'seconds'))  # key, title, y label
 
 def training_curves(history:Sequence[dict], # one dict per epoch, from fit
                    ) -> Figure: # four axes: loss (and −valid ELBO), NLL, KL, seconds per epoch
@@ -390,12 +393,13 @@ def training_curves(history:Sequence[dict], # one dict per epoch, from fit
     if missing: raise ValueError(f"history: expected keys ['loss', 'seconds'] in every epoch (and 'nll', 'kl' for the ELBO), missing {missing}")
     epochs = [h.get('epoch', i + 1) for i, h in enumerate(history)]
     fig, axs = _figure(1, 4, (9.0, 3.2))
-    for ax, (key, title) in zip(axs.flat, _CURVES):
-        if key == 'loss' and history[-1].get('objective') == 'iwae': title = f"loss (−IWAE bound, k={history[-1]['k']}), nats"
+    for ax, (key, title, unit) in zip(axs.flat, _CURVES):
+        if key == 'loss' and history[-1].get('objective') == 'iwae': title = f"loss (−IWAE bound, k={history[-1]['k']})"
         points = [(e, float(h[key])) for e, h in zip(epochs, history) if key in h]
         if points: ax.plot(*zip(*points), marker='.', label='train')
         else: ax.text(0.5, 0.5, 'not reported\n(IWAE objective)', ha='center', va='center', fontsize=FONT_SIZE, transform=ax.transAxes)
         ax.set_title(title, fontsize=FONT_SIZE); ax.set_xlabel('epoch', fontsize=FONT_SIZE)
+        ax.set_ylabel(unit, fontsize=FONT_SIZE)
         ax.tick_params(labelsize=FONT_SIZE)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     valid = [(e, -float(h['valid_elbo'])) for e, h in zip(epochs, history) if h.get('valid_elbo') is not None]
