@@ -54,11 +54,12 @@ with torch.no_grad():
     t_ll = best(lambda: model.log_likelihood(xe, k=k), S['repeat'])
     chunks = [torch.randn(256, 16) for _ in range(len(xe) * k // 256)]
     t_floor = best(lambda: map_chunks(lambda z: model.decode(z, check=False), chunks), S['repeat'])
+used = dict(threads=torch.get_num_threads(), workers=chunk_workers())
 n_peak = 2048 if not S['smoke'] else 256
 torch.set_num_threads(os.cpu_count() or 1)                      # the peak: every core
 a = torch.randn(n_peak, n_peak); a @ a
 t_mm = best(lambda: a @ a, 5)
-print(json.dumps(dict(threads=torch.get_num_threads(), workers=chunk_workers(),
+print(json.dumps(dict(**used,
     train_img_s=len(x) / t_train, train_gflops=len(x) * train_flops / t_train / 1e9,
     ll_latents_s=len(xe) * k / t_ll, floor_latents_s=len(chunks) * 256 / t_floor,
     decode_gflops=len(chunks) * 256 * decode_flops / t_floor / 1e9, peak_gflops=2 * n_peak**3 / t_mm / 1e9,
