@@ -20,8 +20,8 @@ def _is_out_of_memory(e:BaseException) -> bool:
     "Whether `e` is an allocator's failure (CUDA or CPU), as opposed to a bug."
     torch = sys.modules.get('torch')                                     # loaded by then, if the error came from it
     cuda_oom = (torch.cuda.OutOfMemoryError,) if torch else ()
-    return isinstance(e, (MemoryError, *cuda_oom)) or (
-        isinstance(e, RuntimeError) and any(s in str(e) for s in ("out of memory", "can't allocate memory", "not enough memory")))
+    said = ("out of memory", "can't allocate memory", "not enough memory")
+    return isinstance(e, (MemoryError, *cuda_oom)) or (isinstance(e, RuntimeError) and any(s in str(e) for s in said))
 
 def _is_peer_failure(e:BaseException) -> bool:
     "Whether `e` is a broken exchange between the processes of a run (another process failed or quit first)."
@@ -52,11 +52,13 @@ def _user_errors(prog:str # the command's name, for messages
         @functools.wraps(f)
         def _f(*args, **kwargs):
             try: return f(*args, **kwargs)
-            except (ValueError, OSError, FloatingPointError) as e: _exit(prog, f"error: {_one_line(e)}")   # input, files, NaN
+            except (ValueError, OSError, FloatingPointError) as e:       # bad input, files, disk; NaN losses
+                _exit(prog, f"error: {_one_line(e)}")
             except KeyboardInterrupt: _exit(prog, "interrupted", 130)
             except (RuntimeError, MemoryError) as e:
-                if _is_out_of_memory(e): _exit(prog, f"error: out of memory ({_one_line(e)[:100]}); lower --batch_size, --k or --n")
-                if _is_peer_failure(e): _exit(prog, f"error: another process of the run failed or quit ({_one_line(e)[:100]})")
+                why = _one_line(e)[:100]
+                if _is_out_of_memory(e): _exit(prog, f"error: out of memory ({why}); lower --batch_size, --k or --n")
+                if _is_peer_failure(e): _exit(prog, f"error: another process of the run failed or quit ({why})")
                 if _is_data_failure(e): _exit(prog, f"error: {_one_line(e)}")
                 raise                                                    # a bug: keep the traceback
         return _f
@@ -65,7 +67,8 @@ def _user_errors(prog:str # the command's name, for messages
 # %% ../nbs/04_cli.ipynb #972e7c72
 def _epoch_line(r:dict) -> str:
     "One line of progress for a history record."
-    scores = ''.join(f", {name} ELBO {r[k]:.1f}" for k, name in (('valid_elbo', 'validation'), ('test_elbo', 'test')) if k in r)
+    names = (('valid_elbo', 'validation'), ('test_elbo', 'test'))
+    scores = ''.join(f", {name} ELBO {r[k]:.1f}" for k, name in names if k in r)
     terms = f" (nll {r['nll']:.1f} + kl {r['kl']:.1f})" if 'nll' in r else f" (−IWAE bound, k={r.get('k')})"
     return f"epoch {r['epoch']}: loss {r['loss']:.1f}{terms}{scores}, {r['seconds']:.1f} s"
 
@@ -77,7 +80,8 @@ def _write_json(obj, path:Path):
 def _duration(seconds:float) -> str:
     "A rough duration for people: 'under a second', 'about 40 s', 'about 3 min', 'about 2.5 h'."
     if seconds < 1: return "under a second"
-    return "about " + (f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h")
+    if seconds < 90: return f"about {seconds:.0f} s"
+    return f"about {seconds / 60:.0f} min" if seconds < 5400 else f"about {seconds / 3600:.1f} h"
 
 # %% ../nbs/04_cli.ipynb #0df721be
 @call_parse
@@ -118,7 +122,8 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
     from vae_nb.train import fit, evaluate
     from vae_nb.viz import save_samples, save_reconstructions
     t0 = time.perf_counter()                                              # after the imports, as before they moved here
-    R.check_flags(epochs=epochs, device=device, k=k, every=every, threads=threads, workers=workers, root=root, cache_dir=cache_dir)
+    R.check_flags(epochs=epochs, device=device, k=k, every=every, threads=threads, workers=workers, root=root,
+                  cache_dir=cache_dir)
     if threads: torch.set_num_threads(threads)
     plan = R.plan_run(out, resume, overwrite, dataset=dataset, batch_size=batch_size, lr=lr, seed=seed, n_train=n_train,
                       n_test=n_test, z_dim=z_dim, encoder_features=encoder_features, decoder_features=decoder_features,
@@ -129,8 +134,9 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
     x_shown = R.first_images(run.test_dl, 32).to(dev)                                 # shown reconstructed
     out.mkdir(parents=True, exist_ok=True)
     bars, ckpt = sys.stderr.isatty(), out/'checkpoint.pt'
-    metrics = dict(dataset=s['dataset'], config=plan.config, settings={k: v for k, v in s.items() if k != 'split_record'},
-                   world_size=distributed_info().world_size, args=dict(epochs=epochs, k=k, device=str(dev)), history=[])
+    shown = {k: v for k, v in s.items() if k != 'split_record'}         # the file list stays in the checkpoint
+    metrics = dict(dataset=s['dataset'], config=plan.config, settings=shown, world_size=distributed_info().world_size,
+                   args=dict(epochs=epochs, k=k, device=str(dev)), history=[])
 
     def on_epoch_end(model, history):
         r = history[-1]
@@ -142,8 +148,9 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
         _write_json(dict(metrics, history=history), out/'metrics.json')
 
     again = f"vae_nb_train --resume {ckpt} --epochs {epochs}"
-    try: history = fit(model, run.train_dl, test_dl=run.test_dl, epochs=epochs, device=dev, checkpoint=ckpt, resume=plan.resume,
-                       progress=bars, on_epoch_end=on_epoch_end, settings=s, overwrite=overwrite, compile=compile, **R.fit_arguments(s))
+    try: history = fit(model, run.train_dl, test_dl=run.test_dl, epochs=epochs, device=dev, checkpoint=ckpt,
+                       resume=plan.resume, progress=bars, on_epoch_end=on_epoch_end, settings=s, overwrite=overwrite,
+                       compile=compile, **R.fit_arguments(s))
     except data.DataLoaderError as e:                                     # a worker killed, a file gone: the run can go on
         hint = f"; to continue from the last checkpoint, run: {again}" if ckpt.exists() else ''
         raise ValueError(f"{_one_line(e)}{hint}") from None
@@ -192,8 +199,9 @@ def vae_nb_eval(checkpoint:str, # a checkpoint written by vae_nb_train (or fit)
     main = distributed_info().main
     r = evaluate(model, dl, k=k, n=n, seed=seed, progress=main)          # under torchrun: each process scores its part
     finish_distributed()
-    if main: print(json.dumps(dict(elbo=r['elbo'], log_likelihood=r['log_likelihood'], bits_per_dim=model.bits_per_dim(r['log_likelihood']),
-                                   likelihood=model.likelihood, k=k, n=r['n'], split=split, dataset=s['dataset'])))
+    if main: print(json.dumps(dict(elbo=r['elbo'], log_likelihood=r['log_likelihood'],
+                                   bits_per_dim=model.bits_per_dim(r['log_likelihood']), likelihood=model.likelihood,
+                                   k=k, n=r['n'], split=split, dataset=s['dataset'])))
 
 # %% ../nbs/04_cli.ipynb #9edbc39f
 MAX_GRID = 10_000  # most images in one grid that vae_nb_sample writes
@@ -213,7 +221,8 @@ def vae_nb_sample(checkpoint:str, # a checkpoint written by vae_nb_train (or fit
     from vae_nb.dist import resolve_device
     from vae_nb.viz import save_samples
     R.check_flags(checkpoint=checkpoint, n=n, seed=seed, out=out, device=device)
-    if n > MAX_GRID: raise ValueError(f"n: expected at most {MAX_GRID:,} images in one grid, got {n:,}; run the command several times with other --seed values")
+    if n > MAX_GRID: raise ValueError(f"n: expected at most {MAX_GRID:,} images in one grid, got {n:,}; "
+                                      "run the command several times with other --seed values")
     path = R.check_image_out(out, overwrite)
     model = load_model(checkpoint, resolve_device(device))
     tmp = path.with_name(f".{path.name}.tmp")

@@ -24,10 +24,11 @@ __all__ = ['DEFAULTS', 'RUN_SETTINGS', 'SPLITS', 'FLAG_CHECKS', 'check_flags', '
 
 # %% ../nbs/03e_run.ipynb #8c10ca9e
 _MODEL_KEYS = ('z_dim', 'encoder_features', 'decoder_features', 'likelihood')
-DEFAULTS = dict(dataset='mnist5k', batch_size=MNIST5K_CONFIG['batch_size'], lr=MNIST5K_CONFIG['lr'], seed=0, n_train=None,
-                n_test=None, **{k: MNIST5K_CONFIG['model'][k] for k in _MODEL_KEYS[:3]}, likelihood='gaussian',
-                beta=1.0, kl_warmup=0, iwae=1, image_size=None, channels=None, binarize=None)
-RUN_SETTINGS = tuple(DEFAULTS)  # the flags that shape a run: recorded in its checkpoint, and taken from it on a resume
+DEFAULTS = dict(dataset='mnist5k', batch_size=MNIST5K_CONFIG['batch_size'], lr=MNIST5K_CONFIG['lr'], seed=0,
+                n_train=None, n_test=None, **{k: MNIST5K_CONFIG['model'][k] for k in _MODEL_KEYS[:3]},
+                likelihood='gaussian', beta=1.0, kl_warmup=0, iwae=1, image_size=None, channels=None, binarize=None)
+# the flags that shape a run: recorded in its checkpoint, and taken from it on a resume
+RUN_SETTINGS = tuple(DEFAULTS)
 SPLITS = ('train', 'test')      # the splits `get_dataloaders` returns, in its order
 
 # %% ../nbs/03e_run.ipynb #fe22433a
@@ -38,18 +39,20 @@ def _path(name:str, v):
     if not os.fspath(v): raise ValueError(f"{name}: expected a path, got an empty string")
 
 FLAG_CHECKS = dict(
-    dataset=lambda name, v: dataset_info(v), likelihood=_one_of(LIKELIHOODS), binarize=_one_of(BINARIZE), split=_one_of(SPLITS),
-    device=lambda name, v: resolve_device(v), lr=check_positive, beta=check_positive, seed=_at_least(0), kl_warmup=_at_least(0),
-    workers=_at_least(0), image_size=_at_least(1), channels=_at_least(1),
-    **{k: _at_least(1) for k in ('epochs', 'batch_size', 'z_dim', 'encoder_features', 'decoder_features', 'n_train', 'n_test',
-                                 'n', 'k', 'iwae', 'every', 'threads')},
+    dataset=lambda name, v: dataset_info(v), device=lambda name, v: resolve_device(v),
+    likelihood=_one_of(LIKELIHOODS), binarize=_one_of(BINARIZE), split=_one_of(SPLITS),
+    lr=check_positive, beta=check_positive, seed=_at_least(0), kl_warmup=_at_least(0), workers=_at_least(0),
+    image_size=_at_least(1), channels=_at_least(1),                 # and with the dataset, by `dataset_info`
+    **{k: _at_least(1) for k in ('epochs', 'batch_size', 'z_dim', 'encoder_features', 'decoder_features',
+                                 'n_train', 'n_test', 'n', 'k', 'iwae', 'every', 'threads')},
     **{k: _path for k in ('resume', 'out', 'root', 'cache_dir', 'checkpoint')})
 
 def check_flags(**flags # flag name -> value; None means 'not given' and passes
                ):
     "Raise `ValueError` for the first flag whose value cannot be used."
     for name, v in flags.items():
-        if name not in FLAG_CHECKS: raise TypeError(f"check_flags: no check for flag {name!r}; add one to FLAG_CHECKS")
+        if name not in FLAG_CHECKS:
+            raise TypeError(f"check_flags: no check for flag {name!r}; add one to FLAG_CHECKS")
         if v is not None: FLAG_CHECKS[name](name, v)
 
 # %% ../nbs/03e_run.ipynb #0496790a
@@ -60,7 +63,7 @@ def _objective_settings(objective) -> dict:
     return dict(beta=objective.get('beta', 1.0), kl_warmup=objective.get('warmup', 0), iwae=1)
 
 def _saved_settings(ckpt:dict) -> dict:
-    "What a checkpoint says its run used: its settings over its model's config and its dataset (older files record fewer)."
+    "What a checkpoint says its run used: its settings over its model's config (older files record fewer)."
     st = ckpt['settings']
     return {'dataset': st.get('dataset'), 'likelihood': 'gaussian', **_objective_settings(st.get('objective')),
             **{k: ckpt['config'][k] for k in _MODEL_KEYS if k in ckpt['config']}, **st}
@@ -68,7 +71,7 @@ def _saved_settings(ckpt:dict) -> dict:
 def _is_folder(dataset) -> bool: return dataset is not None and dataset not in DATASETS
 
 def _effective(k:str, v, config:dict):
-    "The value that setting `k` = `v` has in effect for a run whose model has `config`: None size and channels are the model's."
+    "The value that setting `k` = `v` has in effect for a model of `config`: None size and channels are the model's."
     if v is None and k == 'image_size': return config.get('input_size')
     if v is None and k == 'channels': return config.get('in_channels')
     return v
@@ -82,13 +85,14 @@ def run_settings(given:dict, # flag -> value for the `RUN_SETTINGS`; None where 
     saved, config = _saved_settings(ckpt), ckpt['config']
     for k, v in given.items():
         if v is None or k not in saved: continue
-        if k == 'dataset' and _is_folder(v) and _is_folder(saved[k]): continue      # a moved folder: its files are checked later
+        # a folder that moved: its files are checked once it is read
+        if k == 'dataset' and _is_folder(v) and _is_folder(saved[k]): continue
         if _effective(k, v, config) != _effective(k, saved[k], config):
             raise ValueError(f"--{k} {v} conflicts with the checkpoint's {k} = {saved[k]!r} ({resume}); "
                              f"drop --{k} to continue the run as it was")
     if given.get('dataset') is None and _is_folder(saved['dataset']) and not Path(saved['dataset']).is_dir():
-        raise ValueError(f"{resume}: the run's dataset folder {saved['dataset']} is not there (moved or deleted); if it moved, "
-                         "pass --dataset NEW_PATH (the run's files are looked for there)")
+        raise ValueError(f"{resume}: the run's dataset folder {saved['dataset']} is not there (moved or deleted); "
+                         "if it moved, pass --dataset NEW_PATH (the run's files are looked for there)")
     s = {k: saved[k] if k in saved else DEFAULTS[k] if given.get(k) is None else given[k] for k in RUN_SETTINGS}
     return {**s, 'dataset': given.get('dataset') or s['dataset']}
 
@@ -115,10 +119,11 @@ def check_out(out:str|os.PathLike, # the folder the run writes
     "Raise `FileExistsError` (or `ValueError`) unless a training run may write its files into folder `out`."
     out = Path(out)
     if _is_folder(dataset) and _inside(out.resolve(), Path(dataset).resolve()):
-        raise ValueError(f"--out {out} is inside the dataset folder {dataset}: the run's grids would become training images; "
-                         "choose an --out outside it")
+        raise ValueError(f"--out {out} is inside the dataset folder {dataset}: the run's grids would become "
+                         "training images; choose an --out outside it")
     ckpt = out/'checkpoint.pt'
-    if resume is not None and ckpt.exists() and ckpt.resolve() == Path(resume).resolve(): return   # the run continues in place
+    # the run continues in place
+    if resume is not None and ckpt.exists() and ckpt.resolve() == Path(resume).resolve(): return
     if not out.exists(): return
     if not out.is_dir(): raise FileExistsError(f"--out {out}: expected a folder, got a file")
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith('.'))     # hidden: temporaries, .DS_Store
@@ -133,8 +138,9 @@ def check_out(out:str|os.PathLike, # the folder the run writes
         raise FileExistsError(f"--out {out} holds files that are not a vae_nb run ({', '.join(foreign[:3])}"
                               f"{', ...' if len(foreign) > 3 else ''}): choose a new or empty folder")
     if names and not overwrite:
-        raise FileExistsError(f"--out {out} holds {', '.join(names[:3])}{', ...' if len(names) > 3 else ''} but no checkpoint.pt, "
-                              "so no run to continue: choose another folder, or pass --overwrite to replace them")
+        shown = ', '.join(names[:3]) + (', ...' if len(names) > 3 else '')
+        raise FileExistsError(f"--out {out} holds {shown} but no checkpoint.pt, so no run to continue: "
+                              "choose another folder, or pass --overwrite to replace them")
 
 # %% ../nbs/03e_run.ipynb #08799b8f
 class RunPlan(NamedTuple):
@@ -146,15 +152,16 @@ class RunPlan(NamedTuple):
     checkpoint:dict|None # that checkpoint, loaded
 
 def _check_fits(config:dict):
-    "Raise `ValueError` if a model of `config` with Adam's state cannot fit in this machine's memory (built without memory)."
-    with torch.device('meta'): n = sum(p.numel() for p in VAE(**config).parameters())
-    need, have = 16 * n, os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')     # weights, gradients, 2 Adam moments
+    "Raise `ValueError` if a model of `config` and Adam's state cannot fit in this machine's memory."
+    with torch.device('meta'): n = sum(p.numel() for p in VAE(**config).parameters())     # built without memory
+    # 4 bytes each for the weights, the gradients and Adam's two moments
+    need, have = 16 * n, os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
     if need > have:
-        raise ValueError(f"the model would have {n:,} parameters, {need / 2**30:,.0f} GiB with Adam's state: more than this "
-                         f"machine's {have / 2**30:,.0f} GiB; lower --z_dim or the feature widths")
+        raise ValueError(f"the model would have {n:,} parameters, {need / 2**30:,.0f} GiB with Adam's state: more "
+                         f"than this machine's {have / 2**30:,.0f} GiB; lower --z_dim or the feature widths")
 
 def _check_batch(batch_size:int):
-    "Raise `ValueError` unless the global batch splits evenly over the processes (all of them check, before any exchange)."
+    "Raise `ValueError` unless the global batch splits evenly over the processes (each checks, before any exchange)."
     W = distributed_info().world_size
     if batch_size % W:
         raise ValueError(f"--batch_size {batch_size}: expected a multiple of the number of processes ({W}), "
@@ -167,10 +174,11 @@ def plan_run(out:str|os.PathLike|None=None, # the run's folder; None: the resume
             ) -> RunPlan:
     "Check a run's flags, settings, model size and folder, without reading any data."
     unknown = set(flags) - set(RUN_SETTINGS)
-    if unknown: raise TypeError(f"plan_run: unexpected {', '.join(sorted(unknown))}; expected some of {', '.join(RUN_SETTINGS)}")
+    if unknown:
+        raise TypeError(f"plan_run: unexpected {', '.join(sorted(unknown))}; expected some of {', '.join(RUN_SETTINGS)}")
     check_flags(out=out, resume=resume, **flags)
     d = flags.get('dataset')
-    if d is not None and d not in DATASETS: flags['dataset'] = str(Path(d).expanduser().resolve())   # a folder, from anywhere
+    if d is not None and d not in DATASETS: flags['dataset'] = str(Path(d).expanduser().resolve())   # a folder
     ckpt = None if resume is None else load_checkpoint(resume)
     if ckpt is not None and ckpt['custom_networks']:
         raise ValueError(f"{resume}: saved from a model with custom networks, which vae_nb_train cannot rebuild")
@@ -208,8 +216,9 @@ def check_binary(dl, # a loader of the run's images, as stored (uint8)
     if likelihood != 'bernoulli' or binarize is not None: return
     x = _first_pixels(dl)
     if not bool(((x == 0) | (x == 255)).all()):
-        raise ValueError(f"--likelihood bernoulli: expected binary images (pixels 0 or 255), but {dataset or 'the data'} has grey "
-                         "levels; pass --binarize fixed (a threshold) or --binarize dynamic (fresh draws every epoch)")
+        raise ValueError(f"--likelihood bernoulli: expected binary images (pixels 0 or 255), but {dataset or 'the data'} "
+                         "has grey levels; pass --binarize fixed (a threshold) or --binarize dynamic (fresh draws every "
+                         "epoch)")
 
 # %% ../nbs/03e_run.ipynb #0e1ce505
 def _loaders(s:dict, # the run's settings
@@ -234,7 +243,7 @@ def _check_split(s:dict, saved:dict|None, train_dl, test_dl, source:str) -> dict
 
 # %% ../nbs/03e_run.ipynb #0214e195
 def build_run(plan:RunPlan, # from `plan_run`
-              device:str|torch.device='auto', # 'auto' (CUDA when available), 'cpu', 'cuda'; under torchrun each process's GPU
+              device:str|torch.device='auto', # 'auto', 'cpu', 'cuda'; under torchrun each process's own GPU
               root:str|os.PathLike|None=None, # folder for downloaded datasets, see `data_root`
               workers:int|None=None, # a folder's decoding processes, see `get_dataloaders`
               cache_dir:str|os.PathLike|None=None, # a folder's cache of decoded images; None: inside the folder
@@ -263,19 +272,22 @@ def load_run(checkpoint:str|os.PathLike, # a checkpoint written by `fit` (`vae_n
              root:str|os.PathLike|None=None, # folder for downloaded datasets
              workers:int|None=None, # a folder's decoding processes
              cache_dir:str|os.PathLike|None=None, # a folder's cache of decoded images
-            ) -> tuple: # (the model on its device, the split's loader of whole batches in stored order, the run's settings)
+            ) -> tuple: # (model on its device, the split's loader of whole batches in stored order, settings)
     "A checkpoint's model and the data of one of its splits, read as its run read them."
     check_flags(checkpoint=checkpoint, dataset=dataset, split=split, batch_size=batch_size, root=root, workers=workers,
                 cache_dir=cache_dir)
     if dataset is not None and dataset not in DATASETS: dataset = str(Path(dataset).expanduser().resolve())
     ckpt = load_checkpoint(checkpoint)
-    if _saved_settings(ckpt)['dataset'] is None and dataset is None: raise ValueError(f"{checkpoint}: records no dataset; pass --dataset")
-    s = {**run_settings(dict(dataset=dataset), ckpt, str(checkpoint)), 'batch_size': batch_size, 'n_train': None, 'n_test': None}
+    if _saved_settings(ckpt)['dataset'] is None and dataset is None:
+        raise ValueError(f"{checkpoint}: records no dataset; pass --dataset")
+    s = {**run_settings(dict(dataset=dataset), ckpt, str(checkpoint)), 'batch_size': batch_size,
+         'n_train': None, 'n_test': None}
     dev = init_distributed(resolve_device(device))
-    train_dl, test_dl = _loaders(s, dev, root, workers, cache_dir, rank=0, world_size=1)   # whole batches: `evaluate` shares them out
+    # whole batches, which `evaluate` shares out among the processes
+    train_dl, test_dl = _loaders(s, dev, root, workers, cache_dir, rank=0, world_size=1)
     run_n = _saved_settings(ckpt)
-    s = _check_split(s, ckpt['settings'], _Served(train_dl, run_n.get('n_train')), _Served(test_dl, run_n.get('n_test')),
-                     str(checkpoint))
+    served = _Served(train_dl, run_n.get('n_train')), _Served(test_dl, run_n.get('n_test'))
+    s = _check_split(s, ckpt['settings'], *served, str(checkpoint))
     dl = dict(zip(SPLITS, (train_dl, test_dl)))[split]
     dl.shuffle = False                                                    # the first images in their stored order
     return prepare_model(load_model(checkpoint), dev), dl, s
@@ -301,8 +313,8 @@ def evaluation_estimate(model:VAE, # the model, on its device
                         k:int, # importance samples per image
                         n:int|None=None, # images to be scored; None: all of `dl`
                         probe:int=512, # samples decoded to time it (after one untimed call)
-                       ) -> tuple: # (images to score, seconds it will take roughly, on this device, over the run's processes)
-    "How many images an evaluation with `k` importance samples scores, and about how long it takes, from a timed decode."
+                       ) -> tuple: # (images to score, rough seconds on this device, shared by the run's processes)
+    "How many images an evaluation with `k` importance samples scores, and about how long it takes."
     x = first_images(dl, 8)
     total = min(n, dl.n) if n else dl.n
     kk = max(1, min(k, probe // len(x)))
@@ -312,7 +324,8 @@ def evaluation_estimate(model:VAE, # the model, on its device
         t = time.perf_counter(); model.log_likelihood(x, k=kk)
         if model.device.type == 'cuda': torch.cuda.synchronize(model.device)
         per_sample = (time.perf_counter() - t) / (len(x) * kk)
-    return total, per_sample * total * (k + 1) / distributed_info().world_size   # k decodes and one ELBO pass per image
+    # k decodes and one ELBO pass per image
+    return total, per_sample * total * (k + 1) / distributed_info().world_size
 
 # %% ../nbs/03e_run.ipynb #effd8c04
 def is_checkpoint_file(path:str|os.PathLike) -> bool:
@@ -324,16 +337,20 @@ def is_checkpoint_file(path:str|os.PathLike) -> bool:
         try:
             with zipfile.ZipFile(path) as z: return any(name.endswith('data.pkl') for name in z.namelist())
         except zipfile.BadZipFile: return False
-    return head[:1] == b'\x80' or (len(head) == 9 and head[8:9] == b'{' and int.from_bytes(head[:8], 'little') < 2**27)
+    safetensors = len(head) == 9 and head[8:9] == b'{' and int.from_bytes(head[:8], 'little') < 2**27   # header size, JSON
+    return head[:1] == b'\x80' or safetensors                          # a pickle (protocol 2 or later), safetensors
 
 def check_image_out(out:str|os.PathLike, # a .png file to write, or a folder (its samples.png)
                     overwrite:bool=False, # replace an existing image
                    ) -> Path: # the file to write
-    "The PNG file that `--out` means; `FileExistsError` for a checkpoint there (always) or another file (unless `overwrite`)."
+    "The PNG file `out` means; `FileExistsError` for a checkpoint there (always), or another file (without `overwrite`)."
     path = Path(out)
     if path.is_dir() or os.fspath(out).endswith(('/', os.sep)): path = path/'samples.png'
     if path.exists() and is_checkpoint_file(path):
-        raise FileExistsError(f"--out {path} holds a checkpoint, which is never replaced by an image: choose another --out")
-    if path.suffix.lower() != '.png': raise ValueError(f"--out {out}: expected a .png file or a folder, got a {path.suffix or 'name without'} suffix")
-    if path.exists() and not overwrite: raise FileExistsError(f"--out {path} already exists: pass --overwrite to replace it, or choose another file")
+        raise FileExistsError(f"--out {path} holds a checkpoint, which is never replaced by an image: "
+                              "choose another --out")
+    if path.suffix.lower() != '.png':
+        raise ValueError(f"--out {out}: expected a .png file or a folder, got a {path.suffix or 'name without'} suffix")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"--out {path} already exists: pass --overwrite to replace it, or choose another file")
     return path
