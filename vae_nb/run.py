@@ -18,7 +18,7 @@ from .dist import resolve_device, distributed_info, init_distributed, barrier
 from .train import prepare_model, ELBO, IWAE
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'RUN_SETTINGS', 'SPLITS', 'FLAG_CHECKS', 'check_flags', 'run_settings', 'fit_arguments', 'check_out',
+__all__ = ['DEFAULTS', 'RUN_SETTINGS', 'RUN_SPLITS', 'FLAG_CHECKS', 'check_flags', 'run_settings', 'fit_arguments', 'check_out',
            'RunPlan', 'plan_run', 'Run', 'check_binary', 'build_run', 'load_run', 'first_images', 'evaluation_estimate',
            'is_checkpoint_file', 'check_image_out']
 
@@ -29,7 +29,7 @@ DEFAULTS = dict(dataset='mnist5k', batch_size=MNIST5K_CONFIG['batch_size'], lr=M
                 likelihood='gaussian', beta=1.0, kl_warmup=0, iwae=1, image_size=None, channels=None, binarize=None)
 # the flags that shape a run: recorded in its checkpoint, and taken from it on a resume
 RUN_SETTINGS = tuple(DEFAULTS)
-SPLITS = ('train', 'test')      # the splits `get_dataloaders` returns, in its order
+RUN_SPLITS = ('train', 'test')  # a run's splits, in the order `get_dataloaders` returns them (`data.SPLITS` adds 'valid')
 
 # %% ../nbs/03e_run.ipynb #fe22433a
 def _at_least(m:int): return lambda name, v: check_int(name, v, minimum=m)
@@ -40,7 +40,7 @@ def _path(name:str, v):
 
 FLAG_CHECKS = dict(
     dataset=lambda name, v: dataset_info(v), device=lambda name, v: resolve_device(v),
-    likelihood=_one_of(LIKELIHOODS), binarize=_one_of(BINARIZE), split=_one_of(SPLITS),
+    likelihood=_one_of(LIKELIHOODS), binarize=_one_of(BINARIZE), split=_one_of(RUN_SPLITS),
     lr=check_positive, beta=check_positive, seed=_at_least(0), kl_warmup=_at_least(0), workers=_at_least(0),
     image_size=_at_least(1), channels=_at_least(1),                 # and with the dataset, by `dataset_info`
     **{k: _at_least(1) for k in ('epochs', 'batch_size', 'z_dim', 'encoder_features', 'decoder_features',
@@ -288,7 +288,7 @@ def load_run(checkpoint:str|os.PathLike, # a checkpoint written by `fit` (`vae_n
     run_n = _saved_settings(ckpt)
     served = _Served(train_dl, run_n.get('n_train')), _Served(test_dl, run_n.get('n_test'))
     s = _check_split(s, ckpt['settings'], *served, str(checkpoint))
-    dl = dict(zip(SPLITS, (train_dl, test_dl)))[split]
+    dl = dict(zip(RUN_SPLITS, (train_dl, test_dl)))[split]
     dl.shuffle = False                                                    # the first images in their stored order
     return prepare_model(load_model(checkpoint), dev), dl, s
 
