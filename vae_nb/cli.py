@@ -114,6 +114,12 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
                  channels:int=None, # for a folder: 1 (grey) or 3 (RGB); default 3
                  binarize:str=None, # fixed or dynamic (fresh draws every epoch) binary images, for --likelihood bernoulli; default none
                  workers:int=None, # data-loading processes for a folder too large to cache in memory; default: a few
+                 ema:float=None, # decay of a moving average of the weights (e.g. 0.999), scored and kept; default none
+                 clip_grad_norm:float=None, # clip the gradient's norm to this; default no clipping
+                 skip_grad_norm:float=None, # skip a step whose gradient norm is above this; default none skipped
+                 warmup_epochs:int=None, # epochs of linear learning-rate warm-up; default 0
+                 schedule:str=None, # learning rate after the warm-up: constant (the default) or cosine
+                 precision:str=None, # fp32 (the default) or bf16 (the forward pass under bfloat16 autocast)
                 ):
     "Train a VAE; write its checkpoint, image grids and metrics; print the test ELBO and log-likelihood."
     import torch
@@ -128,7 +134,9 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
     plan = R.plan_run(out, resume, overwrite, dataset=dataset, batch_size=batch_size, lr=lr, seed=seed, n_train=n_train,
                       n_test=n_test, z_dim=z_dim, encoder_features=encoder_features, decoder_features=decoder_features,
                       likelihood=likelihood, beta=beta, kl_warmup=kl_warmup, iwae=iwae, image_size=image_size,
-                      channels=channels, binarize=binarize)
+                      channels=channels, binarize=binarize, ema=ema, clip_grad_norm=clip_grad_norm,
+                      skip_grad_norm=skip_grad_norm, warmup_epochs=warmup_epochs, schedule=schedule,
+                      precision=precision)
     run = R.build_run(plan, device, root, workers, cache_dir)
     out, s, model, dev, main = plan.out, run.settings, run.model, run.device, distributed_info().main
     x_shown = R.first_images(run.test_dl, 32).to(dev)                                 # shown reconstructed

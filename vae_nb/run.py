@@ -15,7 +15,7 @@ from .distributions import LIKELIHOODS
 from .data import dataset_info, get_dataloaders, DATASETS, MNIST5K_CONFIG, BINARIZE
 from .checkpoint import load_checkpoint, load_model
 from .dist import resolve_device, distributed_info, init_distributed, barrier
-from .train import prepare_model, ELBO, IWAE
+from .train import prepare_model, ELBO, IWAE, SCHEDULES, PRECISIONS
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'RUN_SETTINGS', 'RUN_SPLITS', 'FLAG_CHECKS', 'check_flags', 'run_settings', 'fit_arguments', 'check_out',
@@ -26,7 +26,9 @@ __all__ = ['DEFAULTS', 'RUN_SETTINGS', 'RUN_SPLITS', 'FLAG_CHECKS', 'check_flags
 _MODEL_KEYS = ('z_dim', 'encoder_features', 'decoder_features', 'likelihood')
 DEFAULTS = dict(dataset='mnist5k', batch_size=MNIST5K_CONFIG['batch_size'], lr=MNIST5K_CONFIG['lr'], seed=0,
                 n_train=None, n_test=None, **{k: MNIST5K_CONFIG['model'][k] for k in _MODEL_KEYS[:3]},
-                likelihood='gaussian', beta=1.0, kl_warmup=0, iwae=1, image_size=None, channels=None, binarize=None)
+                likelihood='gaussian', beta=1.0, kl_warmup=0, iwae=1, image_size=None, channels=None, binarize=None,
+                ema=None, clip_grad_norm=None, skip_grad_norm=None, warmup_epochs=0, schedule='constant',
+                precision='fp32')
 # the flags that shape a run: recorded in its checkpoint, and taken from it on a resume
 RUN_SETTINGS = tuple(DEFAULTS)
 RUN_SPLITS = ('train', 'test')  # a run's splits, in the order `get_dataloaders` returns them (`data.SPLITS` adds 'valid')
@@ -38,9 +40,15 @@ def _path(name:str, v):
     if not isinstance(v, (str, os.PathLike)): raise ValueError(f"{name}: expected a path, got {type(v).__name__}")
     if not os.fspath(v): raise ValueError(f"{name}: expected a path, got an empty string")
 
+def _fraction(name:str, v):
+    check_positive(name, v)
+    if not v < 1: raise ValueError(f"{name}: expected a decay between 0 and 1 (e.g. 0.999), got {v}")
+
 FLAG_CHECKS = dict(
     dataset=lambda name, v: dataset_info(v), device=lambda name, v: resolve_device(v),
     likelihood=_one_of(LIKELIHOODS), binarize=_one_of(BINARIZE), split=_one_of(RUN_SPLITS),
+    schedule=_one_of(SCHEDULES), precision=_one_of(PRECISIONS), ema=_fraction,
+    clip_grad_norm=check_positive, skip_grad_norm=check_positive, warmup_epochs=_at_least(0),
     lr=check_positive, beta=check_positive, seed=_at_least(0), kl_warmup=_at_least(0), workers=_at_least(0),
     image_size=_at_least(1), channels=_at_least(1),                 # and with the dataset, by `dataset_info`
     **{k: _at_least(1) for k in ('epochs', 'batch_size', 'z_dim', 'encoder_features', 'decoder_features',
@@ -97,14 +105,18 @@ def run_settings(given:dict, # flag -> value for the `RUN_SETTINGS`; None where 
     return {**s, 'dataset': given.get('dataset') or s['dataset']}
 
 # %% ../nbs/03e_run.ipynb #aef96e24
+_FIT_KEYS = ('ema', 'clip_grad_norm', 'skip_grad_norm', 'warmup_epochs', 'schedule', 'precision')
+
 def fit_arguments(settings:dict, # a run's settings, from `plan_run` or a checkpoint
                  ) -> dict: # keyword arguments of `fit`
-    "The objective, learning rate and seed that `fit` trains a run with."
+    "The objective, learning rate, seed, weight averaging, clipping, schedule and precision of `fit`."
     beta, warmup, k = settings['beta'], settings['kl_warmup'], settings['iwae']
     if k > 1 and (beta != 1 or warmup):
         raise ValueError(f"--iwae {k}: expected --beta 1 and --kl_warmup 0 (the IWAE bound has no KL term to weight), "
                          f"got --beta {beta} --kl_warmup {warmup}")
-    return dict(lr=settings['lr'], seed=settings['seed'], objective=IWAE(k) if k > 1 else ELBO(beta, warmup))
+    extra = {k: settings.get(k, DEFAULTS[k]) for k in _FIT_KEYS}
+    return dict(lr=settings['lr'], seed=settings['seed'], objective=IWAE(k) if k > 1 else ELBO(beta, warmup),
+                **extra)
 
 # %% ../nbs/03e_run.ipynb #3da340a1
 _RUN_FILE = re.compile(r'(checkpoint\.pt|metrics\.json|(samples|reconstructions)(_epoch\d+)?\.png)(\.tmp)?')
