@@ -33,7 +33,7 @@ from chromium import start_chromium, BrowserMissing
 REPO = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT, MAX_SHOT_HEIGHT = 1280, 900, 12000
 # checks that are reported but do not fail a page (yet): the prefixes of their messages
-ADVISORY = ('documented more than once', 'raw markdown link', 'repeated id', 'code line past the column',
+ADVISORY = ('notebook failed to build', 'no show_doc API documentation', 'documented more than once', 'raw markdown link', 'repeated id', 'code line past the column',
             'temporary path', 'broken in-page link', 'broken link')
 
 
