@@ -33,8 +33,7 @@ from chromium import start_chromium, BrowserMissing
 REPO = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT, MAX_SHOT_HEIGHT = 1280, 900, 12000
 # checks that are reported but do not fail a page (yet): the prefixes of their messages
-ADVISORY = ('notebook failed to build', 'no show_doc API documentation', 'documented more than once', 'raw markdown link', 'repeated id', 'code line past the column',
-            'temporary path', 'broken in-page link', 'broken link')
+ADVISORY = ()
 
 
 def die(msg):
@@ -110,7 +109,7 @@ function o_isdoc(h) { const o = h.closest('.jp-OutputArea-output'); return [...o
   p => /^\s*(async\s+)?(def|class)\s+\w/.test(p.innerText)) || !!o.querySelector('table'); }
 r.duplicates = [...new Set(docHeads.filter((h, i) => docHeads.indexOf(h) !== i))];
 // a markdown link left raw inside a rendered signature: [`name`](https://...)
-r.rawlinks = [...document.querySelectorAll('.jp-OutputArea-output pre')].map(p => p.innerText)
+r.rawlinks = [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type="text/markdown"] pre')].map(p => p.innerText)
   .flatMap(t => t.match(/\[`?[\w.]+`?\]\((https?:|#)[^)]*\)/g) || []).slice(0, 5);
 // ids: repeated ones, and every id (for links from other pages)
 const ids = [...document.querySelectorAll('[id]')].map(e => e.id);

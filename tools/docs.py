@@ -262,6 +262,15 @@ def cmd_readme(args):
 
 # ---------------------------------------------------------------- preview: site structure
 
+def quarto_code_css(nbs):
+    "CSS for the site's Quarto `code-overflow` setting (nbs/_quarto.yml, format.html): 'wrap' wraps long code lines."
+    import yaml
+    f = nbs/'_quarto.yml'
+    html = ((yaml.safe_load(f.read_text()) or {}).get('format', {}) or {}).get('html', {}) if f.exists() else {}
+    if (html or {}).get('code-overflow') != 'wrap': return ''
+    return "\n.jp-InputArea-editor pre, .jp-InputArea pre { white-space: pre-wrap; overflow-wrap: anywhere; }\n"
+
+
 def read_sidebar(nbs):
     "Sections of nbs/sidebar.yml as [(section title, [notebook path relative to nbs])]."
     import yaml
@@ -547,6 +556,7 @@ def cmd_preview(args):
                          page=page_name(src, nbs, fm), math=has_math(nb, fm), fm=fm, nb=nb)
         pages[src] = entry
     extra_css = (nbs/'styles.css').read_text() if (nbs/'styles.css').exists() else ''
+    extra_css += quarto_code_css(nbs)
     site = {'title': cfg.get('title', cfg.lib_name), 'description': cfg.get('description', ''),
             'url': f"{cfg.get('doc_host', '')}{cfg.get('doc_baseurl', '')}", 'extra_css': extra_css,
             'sections': [(t, [pages[p] for p in ps]) for t, ps in sections]}

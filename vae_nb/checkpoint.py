@@ -121,12 +121,12 @@ def save_checkpoint(path:str|os.PathLike, # file to write (atomically); its fold
                     optimizer:torch.optim.Optimizer|None=None, # its state too, needed to resume training
                     epoch:int=0, # epochs completed
                     history:Iterable=(), # one dict of plain data per epoch
-                    settings:dict|None=None, # the run's record (plain data): what `fit`'s resume continues with, the dataset, ...
-                    rng:dict|None=None, # random state to store; None: this process's `rng_state()` (several processes add `ranks`)
+                    settings:dict|None=None, # the run's record (plain data): what fit's resume continues with, the dataset, ...
+                    rng:dict|None=None, # random state to store; None: this process's rng_state() (several processes add ranks)
                     ema:dict|None=None, # the weights' moving average: dict(decay=, n_averaged=, model=state_dict)
                     scheduler:dict|None=None, # the learning-rate scheduler's state_dict
                     train_state:dict|None=None, # plain data the training loop carries from epoch to epoch
-                    **meta, # more plain data for the record, e.g. dataset='mnist5k' (merged into `settings`)
+                    **meta, # more plain data for the record, e.g. dataset='mnist5k' (merged into settings)
                    ) -> Path: # the path written
     "Save everything needed to rebuild `model` and to resume its training exactly, atomically."
     check_int('epoch', epoch)
@@ -226,8 +226,8 @@ def _why_unreadable(path:Path, e:Exception) -> str:
     if code: return f"it refers to Python code ({code[0]}) that loading would have to run: refused"
     return f"truncated, corrupted or not a torch checkpoint ({type(e).__name__})"
 
-def load_checkpoint(path:str|os.PathLike, # a file written by `save_checkpoint`
-                    map_location:str|torch.device='cpu', # where tensors go, as for `torch.load`
+def load_checkpoint(path:str|os.PathLike, # a file written by save_checkpoint
+                    map_location:str|torch.device='cpu', # where tensors go, as for torch.load
                    ) -> dict: # the checkpoint's fields (see the table above)
     "Read and validate a checkpoint, without executing anything stored in it."
     path = Path(path)
@@ -251,7 +251,7 @@ def load_checkpoint(path:str|os.PathLike, # a file written by `save_checkpoint`
 
 # %% ../nbs/03a_checkpoint.ipynb #8e22c294
 def load_weights(model:VAE, # the model to load into
-                 ckpt:dict, # a checkpoint from `load_checkpoint`
+                 ckpt:dict, # a checkpoint from load_checkpoint
                  path, # its file, for messages
                  ema:bool=False, # load the moving average of the weights (the checkpoint must hold one)
                 ):
@@ -271,7 +271,7 @@ def load_weights(model:VAE, # the model to load into
                                   "diverged before this checkpoint was written")
 
 # %% ../nbs/03a_checkpoint.ipynb #a8ec56a2
-def load_model(path:str|os.PathLike, # a file written by `save_checkpoint`
+def load_model(path:str|os.PathLike, # a file written by save_checkpoint
                device:str|torch.device='cpu', # where the model goes: 'cpu', 'cuda', 'auto', ...
                model:VAE|None=None, # a model to load into; required when the checkpoint's had custom networks
                ema:bool=True, # the moving average of the weights when the checkpoint holds one; False: the raw weights

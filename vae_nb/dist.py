@@ -79,7 +79,7 @@ def resolve_device(device:str|torch.device='auto', # 'auto' (CUDA when there is 
     return _local_gpu(d)
 
 # %% ../nbs/00b_dist.ipynb #77dbd359
-def init_distributed(device:str|torch.device='auto', # as for `resolve_device`; under torchrun 'auto' and 'cuda' mean cuda:LOCAL_RANK
+def init_distributed(device:str|torch.device='auto', # as for resolve_device; under torchrun 'auto' and 'cuda' mean cuda:LOCAL_RANK
                      timeout_s:float=600, # an exchange that waits longer for another process (hung or gone) fails with an error
                     ) -> torch.device: # this process's device
     "Join the process group that torchrun's environment describes (NCCL on CUDA, gloo on the CPU), unless there is one already."
@@ -129,7 +129,7 @@ def same_everywhere(v, # a value that every process must hold alike (plain data)
 # %% ../nbs/00b_dist.ipynb #a805f951
 def rank_seed(seed:int, # the run's seed
               rank:int, # the process's rank
-             ) -> int: # rank 0: `seed`; rank r > 0: a well-mixed function of (seed, r), in [0, 2**63)
+             ) -> int: # rank 0: seed; rank r > 0: a well-mixed function of (seed, r), in [0, 2**63)
     "The seed of process `rank`'s own random stream."
     return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint64)[0] >> 1)
 

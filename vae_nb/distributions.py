@@ -32,7 +32,7 @@ def check_range(name:str, # the argument's name, for the message
                 lo:float, # smallest value allowed
                 hi:float, # largest value allowed
                 hint:str='', # said after the expected range
-               ) -> Tensor: # `x`
+               ) -> Tensor: # x
     "Raise `ValueError` unless every value of `x` lies in [`lo`, `hi`] (NaN fails; one host sync)."
     ok = (x >= lo) & (x <= hi)
     if not bool(ok.all()):
@@ -44,7 +44,7 @@ class DiagonalGaussianDistribution:
     "N(`mean`, diag(exp(`logvar`))) over tensors of shape (B, ...); `logvar=None` means identity covariance."
     def __init__(self,
                  mean:Tensor, # μ, shape (B, ...), floating point
-                 logvar:Optional[Tensor]=None, # log σ², same shape as `mean`; clamped to `LOGVAR_RANGE`; None: σ = 1
+                 logvar:Optional[Tensor]=None, # log σ², same shape as mean; clamped to LOGVAR_RANGE; None: σ = 1
                 ):
         check_tensor('mean', mean, finite=False, batched=True)
         if logvar is None: logvar = torch.zeros_like(mean)
@@ -59,9 +59,9 @@ class DiagonalGaussianDistribution:
 # %% ../nbs/00_distributions.ipynb #9898031c
 @patch
 def sample(self:DiagonalGaussianDistribution,
-            noise:Optional[Tensor]=None, # ε with the shape of `mean`; drawn from N(0, I) when None
-            generator:Optional[torch.Generator]=None, # random generator for ε when `noise` is None
-           ) -> Tensor: # z = μ + σ·ε, shape of `mean`
+            noise:Optional[Tensor]=None, # ε with the shape of mean; drawn from N(0, I) when None
+            generator:Optional[torch.Generator]=None, # random generator for ε when noise is None
+           ) -> Tensor: # z = μ + σ·ε, shape of mean
     "Reparameterised sample μ + σ·ε; gradients reach `mean` and `logvar`."
     if noise is None:
         noise = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype, device=self.mean.device)
@@ -80,8 +80,8 @@ LOG_2PI = math.log(2 * math.pi)
 # %% ../nbs/00_distributions.ipynb #6d5f6bc5
 @patch
 def nll(self:DiagonalGaussianDistribution,
-         x:Tensor, # points, same shape as `mean`
-         check:bool=True, # validate `x`'s shape; False on hot paths
+         x:Tensor, # points, same shape as mean
+         check:bool=True, # validate x's shape; False on hot paths
         ) -> Tensor: # −log N(x | μ, Σ) per example, shape (B,)
     "Negative log-density −log N(x | μ, Σ) per example, ½·log 2π included, summed over all non-batch dims."
     if check: check_tensor('x', x, tuple(self.mean.shape), finite=False)
@@ -89,7 +89,7 @@ def nll(self:DiagonalGaussianDistribution,
 
 # %% ../nbs/00_distributions.ipynb #a2d81a26
 @patch
-def mode(self:DiagonalGaussianDistribution) -> Tensor: # μ, shape of `mean`
+def mode(self:DiagonalGaussianDistribution) -> Tensor: # μ, shape of mean
     "The most likely point, μ."
     return self.mean
 
@@ -97,7 +97,7 @@ def mode(self:DiagonalGaussianDistribution) -> Tensor: # μ, shape of `mean`
 class BernoulliDistribution:
     "Independent Bernoulli variables over tensors of shape (B, ...): `values[1]` with probability sigmoid(`logits`), else `values[0]`."
     def __init__(self,
-                 logits:Tensor, # ℓ = log p/(1−p) of the outcome `values[1]`, shape (B, ...), floating point
+                 logits:Tensor, # ℓ = log p/(1−p) of the outcome values[1], shape (B, ...), floating point
                  values:tuple=(0., 1.), # the two outcomes (x₀, x₁), x₀ < x₁; (-1., 1.) for binary images in [-1, 1]
                 ):
         check_tensor('logits', logits, finite=False, batched=True)
@@ -115,8 +115,8 @@ class BernoulliDistribution:
 # %% ../nbs/00_distributions.ipynb #d952ed78
 @patch
 def nll(self:BernoulliDistribution,
-         x:Tensor, # points in [x₀, x₁] (binary data: x₀ or x₁), same shape as `logits`
-         check:bool=True, # validate `x`'s shape and range (one host sync); False on hot paths
+         x:Tensor, # points in [x₀, x₁] (binary data: x₀ or x₁), same shape as logits
+         check:bool=True, # validate x's shape and range (one host sync); False on hot paths
         ) -> Tensor: # −log p(x) per example in nats, shape (B,)
     "Negative log-probability per example (the binary cross-entropy with logits), summed over all non-batch dims."
     x0, x1 = self.values
@@ -130,14 +130,14 @@ def nll(self:BernoulliDistribution,
 @patch
 def sample(self:BernoulliDistribution,
             generator:Optional[torch.Generator]=None, # random generator for the draws
-           ) -> Tensor: # x₁ with probability p, else x₀; shape of `logits`
+           ) -> Tensor: # x₁ with probability p, else x₀; shape of logits
     "Independent draws: `values[1]` with probability sigmoid(`logits`), else `values[0]`."
     x0, x1 = self.values
     return x0 + (x1 - x0) * torch.bernoulli(self.probs, generator=generator)
 
 # %% ../nbs/00_distributions.ipynb #71174831
 @patch
-def mode(self:BernoulliDistribution) -> Tensor: # x₁ where ℓ > 0 else x₀, shape of `logits`
+def mode(self:BernoulliDistribution) -> Tensor: # x₁ where ℓ > 0 else x₀, shape of logits
     "The more likely outcome of each coordinate."
     x0, x1 = self.values
     return x0 + (x1 - x0) * (self.logits > 0).to(self.logits.dtype)
@@ -148,13 +148,13 @@ BIN_WIDTH = 2 / (BINS - 1)    # w: spacing of the grid -1, -1 + w, ..., 1 of 8-b
 
 # %% ../nbs/00_distributions.ipynb #35eba79d
 def bin_index(x:Tensor, # values, any shape; those beyond [-1, 1] go to the outer bins
-             ) -> Tensor: # k in 0..255, int64, shape of `x`
+             ) -> Tensor: # k in 0..255, int64, shape of x
     "Index of the grid value nearest to each value of `x`."
     return ((x + 1) / BIN_WIDTH).round().clamp(0, BINS - 1).long()
 
 def bin_centre(k:Tensor, # bin indices in 0..255
                dtype:torch.dtype=torch.float32, # dtype of the result
-              ) -> Tensor: # v_k = -1 + k·w, shape of `k`
+              ) -> Tensor: # v_k = -1 + k·w, shape of k
     "The grid value of bin `k`."
     return k.to(dtype) * BIN_WIDTH - 1
 
@@ -166,7 +166,7 @@ class DiscretizedDistribution:
     "Base class: a location-scale distribution per coordinate, discretized to the 256 grid values of 8-bit images in [-1, 1]."
     def __init__(self,
                  loc:Tensor, # μ, shape (B, ...), floating point
-                 log_scale:Tensor, # log s, same shape as `loc`; clamped to `LOG_SCALE_RANGE`
+                 log_scale:Tensor, # log s, same shape as loc; clamped to LOG_SCALE_RANGE
                 ):
         check_tensor('loc', loc, finite=False, batched=True)
         check_tensor('log_scale', log_scale, tuple(loc.shape), finite=False)
@@ -207,9 +207,9 @@ def _bin_log_prob(self:DiscretizedDistribution, k:Tensor) -> Tensor:
 
 @patch
 def log_prob(self:DiscretizedDistribution,
-             x:Tensor, # 8-bit images in [-1, 1] (snapped to the nearest grid value), same shape as `loc`
-             check:bool=True, # validate `x`'s shape and range (one host sync); False on hot paths
-            ) -> Tensor: # log P(x) per coordinate, shape of `loc`
+             x:Tensor, # 8-bit images in [-1, 1] (snapped to the nearest grid value), same shape as loc
+             check:bool=True, # validate x's shape and range (one host sync); False on hot paths
+            ) -> Tensor: # log P(x) per coordinate, shape of loc
     "Log-probability of each coordinate's grid value."
     if check:
         check_tensor('x', x, tuple(self.loc.shape), finite=False)
@@ -224,7 +224,7 @@ def nll(self:DiscretizedDistribution, x:Tensor, check:bool=True) -> Tensor: # �
 
 # %% ../nbs/00_distributions.ipynb #833bc7ea
 @patch
-def mode(self:DiscretizedDistribution) -> Tensor: # the most probable grid value, shape of `loc`
+def mode(self:DiscretizedDistribution) -> Tensor: # the most probable grid value, shape of loc
     "The most probable grid value of each coordinate: the inner bin nearest `loc` or an outer bin."
     near = bin_index(self.loc).clamp(1, BINS - 2)                                        # (B, ...)
     k = torch.stack([near, torch.zeros_like(near), torch.full_like(near, BINS - 1)])     # candidates, (3, B, ...)
@@ -233,7 +233,7 @@ def mode(self:DiscretizedDistribution) -> Tensor: # the most probable grid value
 
 # %% ../nbs/00_distributions.ipynb #0fa6ae60
 @patch(as_prop=True)
-def mean(self:DiscretizedDistribution) -> Tensor: # E[x], shape of `loc`
+def mean(self:DiscretizedDistribution) -> Tensor: # E[x], shape of loc
     "The expected grid value of each coordinate."
     return -1 + BIN_WIDTH * sum(self._sf((-1 + (k - 0.5) * BIN_WIDTH - self.loc) / self.scale) for k in range(1, BINS))
 
@@ -241,13 +241,13 @@ def mean(self:DiscretizedDistribution) -> Tensor: # E[x], shape of `loc`
 @patch
 def sample(self:DiscretizedDistribution,
             generator:Optional[torch.Generator]=None, # random generator for the draws
-           ) -> Tensor: # grid values in [-1, 1], shape of `loc`
+           ) -> Tensor: # grid values in [-1, 1], shape of loc
     "Independent draws: μ + s·ε rounded to the nearest grid value."
     return bin_centre(bin_index(self.loc + self.scale * self._noise(generator)), self.loc.dtype)
 
 # %% ../nbs/00_distributions.ipynb #afe5ddb6
 def log1mexp(d:Tensor, # positive values
-            ) -> Tensor: # log(1 − e^{−d}), shape of `d`
+            ) -> Tensor: # log(1 − e^{−d}), shape of d
     "log(1 − exp(−d)) for d > 0, accurate for small and large d (Mächler 2012)."
     return torch.where(d < math.log(2), torch.log(-torch.expm1(-d)), torch.log1p(-torch.exp(-d)))
 
@@ -256,7 +256,7 @@ class DiscretizedGaussianDistribution(DiscretizedDistribution):
     "N(`loc`, exp(`logvar`)) per coordinate, discretized to the 8-bit grid of [-1, 1] with open outer bins."
     def __init__(self,
                  loc:Tensor, # μ, shape (B, ...), floating point
-                 logvar:Tensor, # log σ², same shape as `loc`; clamped to twice `LOG_SCALE_RANGE`
+                 logvar:Tensor, # log σ², same shape as loc; clamped to twice LOG_SCALE_RANGE
                 ):
         check_tensor('loc', loc, finite=False, batched=True)
         check_tensor('logvar', logvar, tuple(loc.shape), finite=False)
@@ -299,9 +299,9 @@ class CategoricalDistribution:
 # %% ../nbs/00_distributions.ipynb #d22ce337
 @patch
 def log_prob(self:CategoricalDistribution,
-             x:Tensor, # 8-bit images in [-1, 1] (snapped to the nearest grid value), shape `logits.shape[:-1]`
-             check:bool=True, # validate `x`'s shape and range (one host sync); False on hot paths
-            ) -> Tensor: # log P(x) per coordinate, shape of `x`
+             x:Tensor, # 8-bit images in [-1, 1] (snapped to the nearest grid value), shape logits.shape[:-1]
+             check:bool=True, # validate x's shape and range (one host sync); False on hot paths
+            ) -> Tensor: # log P(x) per coordinate, shape of x
     "Log-probability of each coordinate's grid value: ℓ_k − logsumexp_j ℓ_j."
     if check:
         check_tensor('x', x, tuple(self.logits.shape[:-1]), finite=False)
@@ -317,13 +317,13 @@ def nll(self:CategoricalDistribution, x:Tensor, check:bool=True) -> Tensor: # �
 @patch
 def sample(self:CategoricalDistribution,
             generator:Optional[torch.Generator]=None, # random generator for the draws
-           ) -> Tensor: # grid values in [-1, 1], shape `logits.shape[:-1]`
+           ) -> Tensor: # grid values in [-1, 1], shape logits.shape[:-1]
     "Independent draws of each coordinate's grid value."
     k = torch.multinomial(self.probs.reshape(-1, BINS), 1, generator=generator)          # (N, 1)
     return bin_centre(k.view(self.logits.shape[:-1]), self.logits.dtype)
 
 @patch
-def mode(self:CategoricalDistribution) -> Tensor: # grid values in [-1, 1], shape `logits.shape[:-1]`
+def mode(self:CategoricalDistribution) -> Tensor: # grid values in [-1, 1], shape logits.shape[:-1]
     "The most probable grid value of each coordinate (the argmax of its logits)."
     return bin_centre(self.logits.argmax(-1), self.logits.dtype)
 
@@ -339,7 +339,7 @@ _LIKELIHOODS = {  # name: (decoder channels per image channel k, the distributio
 LIKELIHOODS = tuple(_LIKELIHOODS)  # the names `make_likelihood` accepts; 'gaussian' is the default
 
 # %% ../nbs/00_distributions.ipynb #4e4e2fe0
-def likelihood_params(name:str, # one of `LIKELIHOODS`
+def likelihood_params(name:str, # one of LIKELIHOODS
                       channels:int, # image channels C
                      ) -> int: # k·C
     "How many channels a decoder must output for the likelihood `name` over images with `channels` channels."
@@ -347,7 +347,7 @@ def likelihood_params(name:str, # one of `LIKELIHOODS`
     return _LIKELIHOODS[name][0] * check_int('channels', channels, minimum=1)
 
 # %% ../nbs/00_distributions.ipynb #a2a7d087
-def make_likelihood(name:str, # one of `LIKELIHOODS`
+def make_likelihood(name:str, # one of LIKELIHOODS
                     out:Tensor, # decoder output (B, k·C, ...): k blocks of C channels, means (or logits) first
                    ): # p(x|z) over (B, C, ...)
     "The likelihood `name` with its parameters split from a decoder's output along dim 1."

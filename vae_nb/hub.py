@@ -32,7 +32,7 @@ class PretrainedError(ValueError):
 
 # %% ../nbs/03c_hub.ipynb #b1390c29
 def pretrained_config(model:VAE, # a VAE with the default networks
-                     ) -> dict: # what `config.json` holds
+                     ) -> dict: # what config.json holds
     "The model's `config`, with `_class_name` and `_vae_nb_version`."
     return {'_class_name': type(model).__name__, '_vae_nb_version': vae_nb.__version__, **model.config}
 
@@ -112,7 +112,7 @@ def model_card(config:dict, # the model's config: the arguments of VAE
                license:str='apache-2.0', # a Hugging Face Hub license id
                tags:Sequence[str]=(), # more tags for the Hub, besides vae_nb's own
                folder:str='FOLDER', # the folder name shown in the usage example
-              ) -> str: # the text of `README.md`
+              ) -> str: # the text of README.md
     "A model card in the Hugging Face Hub's format: YAML front matter, then data, model, training and test results."
     c, data = config, _dataset_name(dataset) if dataset else None
     what = (f"A variational autoencoder from [vae_nb]({REPO_URL}) for {c['in_channels']}×"

@@ -53,7 +53,7 @@ def conv_encoder(in_channels:int, # image channels C
                          nn.Flatten(), nn.Linear(chans[-1] * side * side, 2 * z_dim))
 
 # %% ../nbs/01_model.ipynb #e4adf5b3
-def conv_decoder(out_channels:int, # output channels: C for the default likelihood, `likelihood_params(likelihood, C)` in general
+def conv_decoder(out_channels:int, # output channels: C for the default likelihood, likelihood_params(likelihood, C) in general
                  input_size:int, # image side S, divisible by 16
                  z_dim:int, # latent width
                  features:int=32, # channels of the last block; the first has 8×
@@ -72,7 +72,7 @@ def conv_decoder(out_channels:int, # output channels: C for the default likeliho
 CONTINUOUS_LIKELIHOODS = ('gaussian', 'learned_gaussian')  # densities over all real values; the others are probabilities of data in [-1, 1]
 
 # %% ../nbs/01_model.ipynb #8100101a
-def image_of(p, # a likelihood p(x|z) from `make_likelihood`, over (B, C, S, S)
+def image_of(p, # a likelihood p(x|z) from make_likelihood, over (B, C, S, S)
             ) -> Tensor: # (B, C, S, S)
     "The picture of p(x|z) that `VAE.decode` returns: a Gaussian's or Bernoulli's mean, a discretized distribution's μ clamped to [-1, 1], a categorical's mode."
     if isinstance(p, CategoricalDistribution): return p.mode()
@@ -85,7 +85,7 @@ SCALE_INIT = {'learned_gaussian': 0.0, 'discretized_gaussian': 0.0,        # log
 def init_scales(conv:nn.Conv2d, # the decoder's last layer, 2·C output channels
                 channels:int, # image channels C: the first C outputs are means, the rest log-scales
                 value:float, # the log-scale every pixel starts at
-               ) -> nn.Conv2d: # `conv`, changed in place
+               ) -> nn.Conv2d: # conv, changed in place
     "Zero the weights of the log-scale outputs of `conv` and set their bias to `value`."
     with torch.no_grad():
         conv.weight[channels:].zero_(); conv.bias[channels:].fill_(value)
@@ -112,7 +112,7 @@ class VAE(nn.Module):
                  decoder_features:int=32, # channels of the default decoder's last block
                  encoder:Optional[nn.Module]=None, # custom encoder: (B, C, S, S) -> (B, 2·z_dim), mean then log-variance
                  decoder:Optional[nn.Module]=None, # custom decoder: (B, z_dim) -> the likelihood's parameters, (B, likelihood_params(likelihood, C), S, S)
-                 likelihood:str='gaussian', # p(x|z), one of `LIKELIHOODS` (see the table above)
+                 likelihood:str='gaussian', # p(x|z), one of LIKELIHOODS (see the table above)
                 ):
         super().__init__()
         for name in ('in_channels', 'input_size', 'z_dim', 'encoder_features', 'decoder_features'):
@@ -150,7 +150,7 @@ def _like(model:VAE) -> Optional[VAE]:
 @patch
 def check_images(self:VAE,
                  x:Tensor, # images, shape (B, C, S, S), floating point in [-1, 1]
-                ) -> Tensor: # `x`
+                ) -> Tensor: # x
     "Raise `ValueError` unless `x` is a finite float batch of images of the model's channels and size, and of its dtype and device if it has parameters."
     check_tensor('x', x, (None, self.in_channels, self.input_size, self.input_size), _like(self),
                  hint=' of images in [-1, 1] (for uint8 pixels use x.float() / 127.5 - 1)')
@@ -161,7 +161,7 @@ def check_images(self:VAE,
 @patch
 def encode(self:VAE,
            x:Tensor, # images, shape (B, C, S, S), floating point in [-1, 1]
-           check:bool=True, # validate `x` first; False skips it (hot paths)
+           check:bool=True, # validate x first; False skips it (hot paths)
           ) -> DiagonalGaussianDistribution: # q(z|x) over (B, z_dim)
     "The approximate posterior q(z|x)."
     if check: self.check_images(x)
@@ -175,8 +175,8 @@ def encode(self:VAE,
 @patch
 def likelihood_dist(self:VAE,
                     z:Tensor, # latents, shape (B, z_dim)
-                    check:bool=True, # validate `z` first; False skips it (hot paths)
-                   ): # p(x|z) over (B, C, S, S), a distribution from `vae_nb.distributions`
+                    check:bool=True, # validate z first; False skips it (hot paths)
+                   ): # p(x|z) over (B, C, S, S), a distribution from vae_nb.distributions
     "The likelihood p(x|z): the distribution `self.likelihood` with the decoder's output as its parameters."
     if check: check_tensor('z', z, (None, self.z_dim), _like(self))
     out = self.decoder(z)                                                          # (B, k·C, S, S)
@@ -189,8 +189,8 @@ def likelihood_dist(self:VAE,
 # %% ../nbs/01_model.ipynb #5435d339
 @patch
 def decode(self:VAE, z:Tensor, # latents, shape (B, z_dim)
-           check:bool=True, # validate `z` first; False skips it (hot paths)
-          ) -> Tensor: # `image_of(p(x|z))`: μθ(z) for the default Gaussian, shape (B, C, S, S)
+           check:bool=True, # validate z first; False skips it (hot paths)
+          ) -> Tensor: # image_of(p(x|z)): μθ(z) for the default Gaussian, shape (B, C, S, S)
     "The picture of p(x|z): its mean (Gaussian, Bernoulli) or μ clamped to [-1, 1] (discretized)."
     return image_of(self.likelihood_dist(z, check))                               # (B, C, S, S)
 
@@ -200,7 +200,7 @@ def decode(self:VAE, z:Tensor, # latents, shape (B, z_dim)
 def sample(self:VAE,
            batch_size:int, # number of images, >= 0
            generator:Optional[torch.Generator]=None, # random generator for z (on the model's device)
-          ) -> Tensor: # images `decode(z)`, z ~ N(0, I), shape (batch_size, C, S, S)
+          ) -> Tensor: # images decode(z), z ~ N(0, I), shape (batch_size, C, S, S)
     "Images decoded from latents drawn from the prior."
     check_int('batch_size', batch_size)
     z = torch.randn(batch_size, self.z_dim, generator=generator, dtype=self.dtype, device=self.device)
@@ -209,7 +209,7 @@ def sample(self:VAE,
 # %% ../nbs/01_model.ipynb #e51b76c1
 @patch
 def forward(self:VAE, x:Tensor, # images, shape (B, C, S, S), floating point in [-1, 1]
-            check:bool=True, # validate `x` first; False skips it (hot paths)
+            check:bool=True, # validate x first; False skips it (hot paths)
            ) -> VAEOutput: # (reconstruction, nll, kl); the loss is (nll + kl).mean()
     "Reconstruction (`decode`'s picture of p(x|z), z ~ q(z|x) reparameterised) and the per-example NLL and KL terms."
     q = self.encode(x, check)                                    # q(z|x) over (B, z_dim)
@@ -268,11 +268,11 @@ def _samples(k:Optional[int], K:Optional[int], default:Optional[int]=None) -> in
 def iw_bound(self:VAE,
              x:Tensor, # images, shape (B, C, S, S), floating point in [-1, 1]
              k:Optional[int]=None, # importance samples per example (required); 1 gives the ELBO (with a sampled KL)
-             chunk_size:Optional[int]=None, # samples per example decoded at once; default: `default_chunk_size` (by device)
+             chunk_size:Optional[int]=None, # samples per example decoded at once; default: default_chunk_size (by device)
              noise:Optional[Tensor]=None, # ε for z_j = μ + σ·ε, shape (k, B, z_dim); drawn from N(0, I) when None
-             generator:Optional[torch.Generator]=None, # random generator for ε when `noise` is None
-             check:bool=True, # validate `x` first; False skips it (hot paths)
-             K:Optional[int]=None, # deprecated name of `k`
+             generator:Optional[torch.Generator]=None, # random generator for ε when noise is None
+             check:bool=True, # validate x first; False skips it (hot paths)
+             K:Optional[int]=None, # deprecated name of k
             ) -> Tensor: # log (1/k) Σⱼ wⱼ in nats per example, shape (B,), differentiable
     "The importance-weighted bound log (1/k) Σⱼ p(x|zⱼ)p(zⱼ)/q(zⱼ|x), zⱼ ~ q(z|x) reparameterised, per example (IWAE)."
     if check: self.check_images(x)
@@ -298,10 +298,10 @@ def iw_bound(self:VAE,
 def log_likelihood(self:VAE,
                    x:Tensor, # images, shape (B, C, S, S), floating point in [-1, 1]
                    k:Optional[int]=None, # importance samples per example; None: 100
-                   chunk_size:Optional[int]=None, # samples per example decoded at once; default: `default_chunk_size` (256 latents per decoder call on the CPU, 16,384 on CUDA)
+                   chunk_size:Optional[int]=None, # samples per example decoded at once; default: default_chunk_size (256 latents per decoder call on the CPU, 16,384 on CUDA)
                    noise:Optional[Tensor]=None, # ε for z_j = μ + σ·ε, shape (k, B, z_dim); drawn from N(0, I) when None
-                   generator:Optional[torch.Generator]=None, # random generator for ε when `noise` is None
-                   K:Optional[int]=None, # deprecated name of `k`
+                   generator:Optional[torch.Generator]=None, # random generator for ε when noise is None
+                   K:Optional[int]=None, # deprecated name of k
                   ) -> Tensor: # estimate of log p(x) in nats per example, shape (B,)
     "Importance-sampled estimate of log p(x), log (1/k) Σⱼ p(x|zⱼ)p(zⱼ)/q(zⱼ|x) with zⱼ ~ q(z|x), per example: `iw_bound` without gradients."
     k = _samples(k, K, default=100)
@@ -310,7 +310,7 @@ def log_likelihood(self:VAE,
 # %% ../nbs/01_model.ipynb #51f5dc4b
 def bits_per_dim(log_likelihood:float, # mean log p(x) per example, in nats
                  dims:int, # C·H·W, the number of values per example
-                 likelihood:Optional[str]=None, # one of `LIKELIHOODS`: continuous ones give the 8-bit equivalent; None: neither
+                 likelihood:Optional[str]=None, # one of LIKELIHOODS: continuous ones give the 8-bit equivalent; None: neither
                 ) -> float: # −log p(x) / (dims · ln 2), + log₂ 127.5 for a continuous likelihood
     "The negative log-likelihood per dimension, in bits; for a continuous `likelihood`, on the scale of 8-bit values."
     dims = check_int('dims', dims, minimum=1)
@@ -341,7 +341,7 @@ def evaluating(model:nn.Module, # any module; its submodules' training flags are
 
 # %% ../nbs/01_model.ipynb #50d0e223
 def seeded_generator(seed:int, # the seed, >= 0
-                     device:Union[torch.device, str]='cpu', # the generator's device (a model's `device`)
+                     device:Union[torch.device, str]='cpu', # the generator's device (a model's device)
                     ) -> torch.Generator:
     "A `torch.Generator` on `device`, seeded with `seed`."
     return torch.Generator(device=device).manual_seed(check_int('seed', seed))

@@ -85,7 +85,7 @@ class HealthMonitor:
                  threshold:float=0.01, # activity above which a dimension is active (Burda et al. 2016)
                  min_active:int=1, # fewer active dimensions than this is a collapse; 1: warn only when none is active
                  after_epoch:int=1, # no warning up to this epoch (a KL warm-up, say); 0: from the first epoch
-                 n:Optional[int]=None, # measure on the first n images of `dl` only; None: all
+                 n:Optional[int]=None, # measure on the first n images of dl only; None: all
                 ):
         self.dl, self.n = dl, None if n is None else check_int('n', n, minimum=2)
         self.threshold = check_positive('threshold', threshold)
@@ -126,7 +126,7 @@ def _summary_writer():
 class TensorBoardLogger:
     "A callback for `fit`: the record's scalars every epoch; samples and reconstructions every `every` epochs."
     def __init__(self,
-                 log_dir:Union[str, Path], # folder of the event files, e.g. the run's `tensorboard/`
+                 log_dir:Union[str, Path], # folder of the event files, e.g. the run's tensorboard/
                  every:int=5, # epochs between image grids (and after the last)
                  images:Optional[Tensor]=None, # images in [-1, 1] to show reconstructed, (B, C, S, S); None: none
                  n_samples:int=64, # images in the grid of samples from the prior; 0: none

@@ -23,7 +23,7 @@ from .model import VAE, evaluating
 def perturb(x:Tensor, # images in [-1, 1], any shape
             mu:float=0.2, # probability that a value is replaced, in [0, 1]
             generator:Optional[torch.Generator]=None, # random generator for the mask and the noise
-           ) -> Tensor: # `x` with a fraction ≈ μ of its values replaced by uniform grid values
+           ) -> Tensor: # x with a fraction ≈ μ of its values replaced by uniform grid values
     "Replace each value of `x`, with probability `mu`, by one of the 256 grid values of 8-bit images, drawn uniformly."
     check_tensor('x', x, finite=False)
     if not (isinstance(mu, (int, float)) and 0 <= mu <= 1): raise ValueError(f"mu: expected a number in [0, 1], got {mu!r}")
@@ -57,7 +57,7 @@ def log_likelihood_score(model:VAE, # the trained model
 
 # %% ../nbs/07_ood.ipynb #ae4db2e3
 def likelihood_ratio_score(model:VAE, # the model trained on the data
-                           background:VAE, # the same kind of model trained on `perturb`ed data
+                           background:VAE, # the same kind of model trained on perturbed data
                            x:Tensor, # images, (N, C, S, S)
                            k:int=100, # importance samples per image, for each model
                            batch_size:int=100, # images per call
@@ -198,7 +198,7 @@ def ood_metrics(scores_in, # scores of in-distribution images (negatives), (n₋
                 scores_out, # scores of out-of-distribution images (positives), (n₊,); higher = more anomalous
                 n_boot:int=1000, # bootstrap resamples for the intervals
                 seed:int=0, # seeds the resampling
-               ) -> dict: # auroc, aupr, fpr95, each with an `_ci` pair (2.5 and 97.5 percentiles); n_in, n_out
+               ) -> dict: # auroc, aupr, fpr95, each with an _ci pair (2.5 and 97.5 percentiles); n_in, n_out
     "AUROC, AUPR (average precision, anomalies positive) and FPR at 95 % TPR, each with a bootstrap 95 % interval."
     s_in, s_out = _scores('scores_in', scores_in), _scores('scores_out', scores_out)
     check_int('n_boot', n_boot, minimum=1); check_int('seed', seed)
@@ -219,7 +219,7 @@ def ood_metrics(scores_in, # scores of in-distribution images (negatives), (n₋
 # %% ../nbs/07_ood.ipynb #edb850fe
 SCORES = ('log_likelihood', 'likelihood_ratio', 'complexity', 'regret')  # the names `ood_score` and `vae_nb_score` accept
 
-def ood_score(name:str, # one of `SCORES`
+def ood_score(name:str, # one of SCORES
               model:VAE, # the trained model
               x:Tensor, # images, (N, C, S, S)
               background:Optional[VAE]=None, # the background model; required by 'likelihood_ratio', refused by the others

@@ -84,10 +84,10 @@ def _effective(k:str, v, config:dict):
     if v is None and k == 'channels': return config.get('in_channels')
     return v
 
-def run_settings(given:dict, # flag -> value for the `RUN_SETTINGS`; None where the flag was not given
+def run_settings(given:dict, # flag -> value for the RUN_SETTINGS; None where the flag was not given
                  ckpt:dict|None=None, # the checkpoint resumed from, if any
                  resume:str='', # its path, for messages
-                ) -> dict: # a value for every one of `RUN_SETTINGS`
+                ) -> dict: # a value for every one of RUN_SETTINGS
     "The run's settings: the flags over the defaults; on a resume the checkpoint's, with a conflicting flag an error."
     if ckpt is None: return {k: DEFAULTS[k] if given.get(k) is None else given[k] for k in RUN_SETTINGS}
     saved, config = _saved_settings(ckpt), ckpt['config']
@@ -107,8 +107,8 @@ def run_settings(given:dict, # flag -> value for the `RUN_SETTINGS`; None where 
 # %% ../nbs/03e_run.ipynb #aef96e24
 _FIT_KEYS = ('ema', 'clip_grad_norm', 'skip_grad_norm', 'warmup_epochs', 'schedule', 'precision')
 
-def fit_arguments(settings:dict, # a run's settings, from `plan_run` or a checkpoint
-                 ) -> dict: # keyword arguments of `fit`
+def fit_arguments(settings:dict, # a run's settings, from plan_run or a checkpoint
+                 ) -> dict: # keyword arguments of fit
     "The objective, learning rate, seed, weight averaging, clipping, schedule and precision of `fit`."
     beta, warmup, k = settings['beta'], settings['kl_warmup'], settings['iwae']
     if k > 1 and (beta != 1 or warmup):
@@ -124,9 +124,9 @@ _RUN_FILE = re.compile(r'(checkpoint\.pt|metrics\.json|(samples|reconstructions)
 def _inside(a:Path, b:Path) -> bool: return a == b or b in a.parents
 
 def check_out(out:str|os.PathLike, # the folder the run writes
-              dataset:str|None=None, # the run's dataset: a name in `DATASETS`, or a folder
+              dataset:str|None=None, # the run's dataset: a name in DATASETS, or a folder
               resume:str|os.PathLike|None=None, # the checkpoint the run continues, if any
-              overwrite:bool=False, # replace an earlier run (or files with a run's names) in `out`
+              overwrite:bool=False, # replace an earlier run (or files with a run's names) in out
              ):
     "Raise `FileExistsError` (or `ValueError`) unless a training run may write its files into folder `out`."
     out = Path(out)
@@ -181,8 +181,8 @@ def _check_batch(batch_size:int):
 
 def plan_run(out:str|os.PathLike|None=None, # the run's folder; None: the resumed checkpoint's, else runs/<dataset>
              resume:str|os.PathLike|None=None, # a checkpoint to continue, with its own settings
-             overwrite:bool=False, # a fresh run may replace an earlier run in `out`
-             **flags, # values for `RUN_SETTINGS` (None: not given), e.g. z_dim=8, dataset='path/to/photos'
+             overwrite:bool=False, # a fresh run may replace an earlier run in out
+             **flags, # values for RUN_SETTINGS (None: not given), e.g. z_dim=8, dataset='path/to/photos'
             ) -> RunPlan:
     "Check a run's flags, settings, model size and folder, without reading any data."
     unknown = set(flags) - set(RUN_SETTINGS)
@@ -254,10 +254,10 @@ def _check_split(s:dict, saved:dict|None, train_dl, test_dl, source:str) -> dict
     return s if record is None else {**s, 'split_record': record}
 
 # %% ../nbs/03e_run.ipynb #0214e195
-def build_run(plan:RunPlan, # from `plan_run`
+def build_run(plan:RunPlan, # from plan_run
               device:str|torch.device='auto', # 'auto', 'cpu', 'cuda'; under torchrun each process's own GPU
-              root:str|os.PathLike|None=None, # folder for downloaded datasets, see `data_root`
-              workers:int|None=None, # a folder's decoding processes, see `get_dataloaders`
+              root:str|os.PathLike|None=None, # folder for downloaded datasets, see data_root
+              workers:int|None=None, # a folder's decoding processes, see get_dataloaders
               cache_dir:str|os.PathLike|None=None, # a folder's cache of decoded images; None: inside the folder
              ) -> Run:
     "Read a planned run's data, check it against the plan, and build its model."
@@ -276,11 +276,11 @@ class _Served:
         files = getattr(dl, 'files', None)
         self.files = None if files is None else tuple(files[:n])
 
-def load_run(checkpoint:str|os.PathLike, # a checkpoint written by `fit` (`vae_nb_train`)
+def load_run(checkpoint:str|os.PathLike, # a checkpoint written by fit (vae_nb_train)
              dataset:str|None=None, # another place of its dataset folder; None: the recorded one
              split:str='test', # the split to load: 'train' or 'test'
              batch_size:int=100, # images per batch
-             device:str|torch.device='auto', # as for `build_run`
+             device:str|torch.device='auto', # as for build_run
              root:str|os.PathLike|None=None, # folder for downloaded datasets
              workers:int|None=None, # a folder's decoding processes
              cache_dir:str|os.PathLike|None=None, # a folder's cache of decoded images
@@ -307,7 +307,7 @@ def load_run(checkpoint:str|os.PathLike, # a checkpoint written by `fit` (`vae_n
 # %% ../nbs/03e_run.ipynb #5b16b667
 def first_images(dl, # a loader of batches (x, y)
                  n:int, # how many
-                ) -> torch.Tensor: # (n, C, S, S), or fewer when `dl` has fewer
+                ) -> torch.Tensor: # (n, C, S, S), or fewer when dl has fewer
     "The first `n` images that loader `dl` serves in its stored order, as one batch."
     was, dl.shuffle = getattr(dl, 'shuffle', False), False
     try:
@@ -323,7 +323,7 @@ def first_images(dl, # a loader of batches (x, y)
 def evaluation_estimate(model:VAE, # the model, on its device
                         dl, # the loader to be scored
                         k:int, # importance samples per image
-                        n:int|None=None, # images to be scored; None: all of `dl`
+                        n:int|None=None, # images to be scored; None: all of dl
                         probe:int=512, # samples decoded to time it (after one untimed call)
                        ) -> tuple: # (images to score, rough seconds on this device, shared by the run's processes)
     "How many images an evaluation with `k` importance samples scores, and about how long it takes."

@@ -29,7 +29,7 @@ def mlp_vae(seed:int=0, # seeds the initial weights
             hidden:int=256, # width of the hidden layer of each network
             in_channels:int=1, # image channels
             input_size:int=32, # image side (any: custom networks take any size)
-           ) -> VAE: # a VAE with one-hidden-layer MLP networks (`custom_networks` is True)
+           ) -> VAE: # a VAE with one-hidden-layer MLP networks (custom_networks is True)
     "A VAE with MLP encoder and decoder: quick to train on a CPU, and an example of custom networks."
     torch.manual_seed(check_int('seed', seed))
     D = in_channels * input_size ** 2

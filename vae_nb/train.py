@@ -35,7 +35,7 @@ _all_ = ['DistInfo', 'distributed_info', 'rank_seed', 'resolve_device', 'init_di
 def prepare_model(model:VAE, # the model
                   device:str|torch.device='auto', # where it goes, see resolve_device
                   threads:int|None=None, # CPU threads; None: by the model's size (use_cpu_threads), unless already chosen
-                 ) -> VAE: # `model`, moved, in the memory layout that is fastest on that device
+                 ) -> VAE: # model, moved, in the memory layout that is fastest on that device
     "Move `model` to `device`: on the CPU in `channels_last`, with PyTorch's threads chosen for its size; elsewhere as it is."
     d = resolve_device(device)
     model = model.to(device=d, memory_format=torch.channels_last if d.type == 'cpu' else torch.contiguous_format)
@@ -162,10 +162,10 @@ def evaluate(model:VAE, # the model, on its device
              n:int|None=None, # use only the first n examples; None: all
              seed:int=0, # seeds the posterior samples; torch's global random state is left as it was
              progress:bool|str=False, # True/'auto': a bar on a terminal, else a line every 5 s; 'log': lines
-             chunk_size:int|None=None, # importance samples per image decoded at once (`VAE.log_likelihood`)
+             chunk_size:int|None=None, # importance samples per image decoded at once (VAE.log_likelihood)
              across_ranks:bool=True, # several processes: each scores its part, the sums are added (all call it)
-             K:int|None=None, # deprecated spelling of `k`
-            ) -> dict: # means in nats per example: `elbo`, `recon_nll`, `kl` [, `log_likelihood`, `k`]; `n`
+             K:int|None=None, # deprecated spelling of k
+            ) -> dict: # means in nats per example: elbo, recon_nll, kl [, log_likelihood, k]; n
     "Mean ELBO (and importance-sampled log-likelihood) per example over `dl`, in eval mode."
     k = _samples_arg(k, K)
     if n is not None: check_int('n', n, minimum=1)
@@ -380,10 +380,10 @@ def train_epoch(model:VAE, # the model, on its device; trained in place
                 dl:Iterable, # batches of images x, or pairs (x, y)
                 opt:torch.optim.Optimizer, # optimiser over the model's parameters
                 epoch:int=1, # this epoch's number (for messages and the objective's weights)
-                objective:Objective|None=None, # what to minimise; default `ELBO()`
+                objective:Objective|None=None, # what to minimise; default ELBO()
                 run:RunState|None=None, # processes, precision, clipping, EMA, schedule; default: plain
                 pbar:tqdm|None=None, # progress bar to advance, one tick per step
-               ) -> dict: # means per example: `loss`, the objective's terms; `lr`, `grad_norm`, `skips`, `n`
+               ) -> dict: # means per example: loss, the objective's terms; lr, grad_norm, skips, n
     "One pass over `dl`, one optimiser step per batch on the mean of the objective's per-example loss."
     model.train()
     run, objective = run or RunState(model.device), objective or ELBO()
@@ -611,38 +611,38 @@ def _save(path:Path, model, opt, epoch:int, history:list, settings:dict, run:Run
     barrier()                                                          # nobody reads it before it is written
 
 # %% ../nbs/03_train.ipynb #3d9c58d6
-def fit(model:VAE, # the model; trained in place, and moved to `device`
+def fit(model:VAE, # the model; trained in place, and moved to device
         train_dl:Iterable, # batches of images x (B, C, S, S) in [-1, 1], or pairs (x, y)
-        valid_dl:Iterable|None=None, # a validation split: `valid_elbo` after each epoch, watched by `patience`
+        valid_dl:Iterable|None=None, # a validation split: valid_elbo after each epoch, watched by patience
         *,
-        test_dl:Iterable|None=None, # held-out data for monitoring only (`test_elbo`); never used for a decision
-        objective:Objective|None=None, # what to minimise: `ELBO(beta, warmup)` (default `ELBO()`), `IWAE(k)`
+        test_dl:Iterable|None=None, # held-out data for monitoring only (test_elbo); never used for a decision
+        objective:Objective|None=None, # what to minimise: ELBO(beta, warmup) (default ELBO()), IWAE(k)
         epochs:int=10, # total epochs, counting those done before a resume
         lr:float=1e-3, # Adam's learning rate (the peak of a schedule)
         device:str|torch.device='auto', # 'auto' (CUDA when there is a GPU, else CPU), 'cpu', 'cuda', ...
         seed:int=0, # seeds torch's global generator at the start of a fresh run
         checkpoint:str|os.PathLike|None=None, # file written atomically at the start and after every epoch
-        resume:bool|str|os.PathLike|None=None, # checkpoint to continue from; True: the `checkpoint` file
-        overwrite:bool=False, # allow a fresh run to replace an existing `checkpoint` file
+        resume:bool|str|os.PathLike|None=None, # checkpoint to continue from; True: the checkpoint file
+        overwrite:bool=False, # allow a fresh run to replace an existing checkpoint file
         settings:dict|None=None, # plain data for the run's record in the checkpoint (dataset, flags)
-        callbacks:Iterable=(), # objects with `on_epoch_end(model, record, history)`, `on_fit_end(model, history)`
+        callbacks:Iterable=(), # objects with on_epoch_end(model, record, history), on_fit_end(model, history)
         progress:bool=True, # progress bars, one per epoch (silent anyway when stderr is not a terminal)
         ema:float|None=None, # decay of a moving average of the weights (e.g. 0.999), evaluated and kept
         clip_grad_norm:float|None=None, # clip the gradients' total norm to this
-        skip_grad_norm:float|None=None, # skip updates whose gradient norm exceeds this (counted in `skips`)
-        max_skips:int=100, # this many skipped updates in a row raise `SkippedUpdatesError`
-        schedule:str='constant', # 'constant' or 'cosine' (decay to 0 at the last step), after `warmup_epochs`
+        skip_grad_norm:float|None=None, # skip updates whose gradient norm exceeds this (counted in skips)
+        max_skips:int=100, # this many skipped updates in a row raise SkippedUpdatesError
+        schedule:str='constant', # 'constant' or 'cosine' (decay to 0 at the last step), after warmup_epochs
         warmup_epochs:int=0, # epochs of linear learning-rate warm-up
-        patience:int|None=None, # stop after this many epochs without a better `valid_elbo` (`best.pt`)
+        patience:int|None=None, # stop after this many epochs without a better valid_elbo (best.pt)
         precision:str='fp32', # 'fp32', or 'bf16': the forward pass under bfloat16 autocast
-        compile:bool=False, # the objective's forward through `torch.compile`, once per run (pays off on GPUs)
+        compile:bool=False, # the objective's forward through torch.compile, once per run (pays off on GPUs)
         sync_every:int=20, # steps between host syncs: finiteness checks and progress-bar updates
         timeout_s:float=600, # several processes: seconds one waits for the others at an exchange
-        on_epoch_end:Callable|None=None, # older hook: `f(model, history)` after each checkpoint, on rank 0
-        meta:dict|None=None, # deprecated: merged into `settings`
-        beta:float|None=None, # deprecated: `objective=ELBO(beta)`
-        kl_warmup:int|None=None, # deprecated: `objective=ELBO(beta, warmup)`
-        iwae:int|None=None, # deprecated: `objective=IWAE(k)`
+        on_epoch_end:Callable|None=None, # older hook: f(model, history) after each checkpoint, on rank 0
+        meta:dict|None=None, # deprecated: merged into settings
+        beta:float|None=None, # deprecated: objective=ELBO(beta)
+        kl_warmup:int|None=None, # deprecated: objective=ELBO(beta, warmup)
+        iwae:int|None=None, # deprecated: objective=IWAE(k)
        ) -> list: # history: one record per epoch (see the first example)
     """Train `model` with Adam on `objective` (default: the negative ELBO) for `epochs` epochs in total.
 
