@@ -1,7 +1,7 @@
 """Training (or evaluating) beside another busy PyTorch process (issue #10, point 3).
 
 `python benchmarks/bench_busy.py --boost -15` runs the default set (about 4 minutes on 2 cores); name
-configurations to choose (`--list` shows them all), `--job eval` times `evaluate(K=--k)` instead of `fit`.
+configurations to choose (`--list` shows them all), `--job eval` times `evaluate(k=--k)` instead of `fit`.
 
 Each measurement is a fresh Python process with a clean environment (no OMP_*, GOMP_*, MKL_*, KMP_* variables)
 that trains mnist5k's default model with `vae_nb.train.fit` (first `--n` images, batch 64, `--epochs` epochs,
@@ -117,9 +117,9 @@ def child_train(cfg, n, epochs, job='fit', k=100):
         from vae_nb.data import load_mnist5k, to_model_range
         _, _, x, y = load_mnist5k()
         dl = InMemoryLoader(to_model_range(x[:n]), y[:n], batch_size=64)
-        evaluate(model, InMemoryLoader(to_model_range(x[:8]), y[:8]), K=k)   # warm-up
+        evaluate(model, InMemoryLoader(to_model_range(x[:8]), y[:8]), k=k)   # warm-up
         c, t = time.process_time(), time.perf_counter()
-        evaluate(model, dl, K=k)
+        evaluate(model, dl, k=k)
         print(json.dumps(dict(seconds=time.perf_counter() - t, cpu=time.process_time() - c, threads=threads)))
         return
     x, y = data(n)
@@ -194,7 +194,7 @@ def main():
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--epochs', type=int, default=2)
     ap.add_argument('--n', type=int, default=2048, help='training images (test images with --job eval)')
-    ap.add_argument('--job', choices=('fit', 'eval'), default='fit', help="what is timed: training, or `evaluate(..., K=--k)` of the first --n test images")
+    ap.add_argument('--job', choices=('fit', 'eval'), default='fit', help="what is timed: training, or `evaluate(..., k=--k)` of the first --n test images")
     ap.add_argument('--k', type=int, default=100, help='importance samples per image for --job eval')
     ap.add_argument('--timeout', type=float, default=20, help='seconds before a training run is stopped (reported as >timeout)')
     ap.add_argument('--json', help='write the raw numbers here')
@@ -224,7 +224,7 @@ def main():
                 print(f"  rep {rep} {n:18} {'busy ' if busy else 'alone'} {r['seconds']:6.2f} s  threads {r['threads']}  "
                       f"cpu {r['cpu']:.1f} s  epochs {r.get('epochs')}  foreign {r['foreign']:.1f} s{'  DISTURBED' if r.get('disturbed') else ''}", file=sys.stderr)
     base = statistics.median(r['seconds'] for r in raw[names[0]]['alone'])
-    job = f"fit of {args.n} images x {args.epochs} epochs" if args.job == 'fit' else f"evaluate(K={args.k}) of {args.n} test images"
+    job = f"fit of {args.n} images x {args.epochs} epochs" if args.job == 'fit' else f"evaluate(k={args.k}) of {args.n} test images"
     print(f"\n{NCPU} cores{f', autogroup nice {args.boost}' if args.boost else ''}; {job}; median (min–max) of {args.repeats}; "
           f"busy = beside a background PyTorch process; inf = stopped after --timeout {args.timeout:g} s; 'vs {names[0]} alone' divides by {names[0]}'s alone median.\n")
     print("| configuration | threads alone/busy | alone s | busy s | busy/alone | busy vs " + names[0] + " alone | busy runs > 3× |")

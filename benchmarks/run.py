@@ -141,7 +141,7 @@ def bench_ll(device, S):
     model, sync, K, rows = mnist_model(device), syncer(device), S['K'], []
     for B in S['ll_batches']:
         x = images(B, device)
-        reps = side_by_side(model, K * B, floor_sizes(device, S), dict(ll=lambda: model.log_likelihood(x, K=K)), S['repeat'], sync)
+        reps = side_by_side(model, K * B, floor_sizes(device, S), dict(ll=lambda: model.log_likelihood(x, k=K)), S['repeat'], sync)
         t_ll = median(reps, lambda r: r['ll'])
         t_seed = timeit(seed_loop(model, x, K), max(1, S['repeat'] - 2), sync=sync)
         rows.append(dict(B=B, K=K, floor_s=median(reps, lambda r: r['floor']), ll_s=t_ll, seed_s=t_seed,
@@ -197,17 +197,17 @@ def peak_memory(device, K, B=8, chunk_size=None):
     "Peak memory (MiB) of one `log_likelihood(x, K)` call: CUDA allocator peak, or the CPU process's resident-set growth (sampled every 2 ms)."
     if device.type == 'cuda':
         model, x = mnist_model(device), images(B, device)
-        model.log_likelihood(x, K=2)
+        model.log_likelihood(x, k=2)
         torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         model.log_likelihood(x, K=K, chunk_size=chunk_size)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     code = (f"import os,threading,time,torch; from vae_nb.model import VAE; torch.manual_seed(0); m=VAE(**{CONFIG}).eval(); "
-            f"x=torch.rand({B},{CONFIG['in_channels']},{CONFIG['input_size']},{CONFIG['input_size']})*2-1; m.log_likelihood(x,K=2); "
+            f"x=torch.rand({B},{CONFIG['in_channels']},{CONFIG['input_size']},{CONFIG['input_size']})*2-1; m.log_likelihood(x,k=2); "
             f"page=os.sysconf('SC_PAGE_SIZE'); rss=lambda: int(open('/proc/self/statm').read().split()[1])*page; base=rss(); peak=[base]; done=[]\n"
             f"def watch():\n while not done: peak[0]=max(peak[0],rss()); time.sleep(0.002)\n"
-            f"t=threading.Thread(target=watch); t.start(); m.log_likelihood(x,K={K},chunk_size={chunk_size}); done.append(1); t.join(); "
+            f"t=threading.Thread(target=watch); t.start(); m.log_likelihood(x,k={K},chunk_size={chunk_size}); done.append(1); t.join(); "
             f"print((peak[0]-base)/2**20)")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     if out.returncode: raise RuntimeError(f"peak_memory subprocess failed: {out.stderr.strip().splitlines()[-1]}")

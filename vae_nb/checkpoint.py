@@ -12,10 +12,11 @@ from torch import Tensor
 from .model import VAE
 from .checks import check_int
 from .dist import resolve_device
+from .files import atomic_write, remove_stale_temporaries, temporary_name as _tmp_name, fsync_dir as _fsync_dir
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'CheckpointError', 'check_plain', 'remove_stale_temporaries', 'rng_state',
-           'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'load_weights', 'load_model', 'best_path']
+__all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'CheckpointError', 'check_plain', 'rng_state', 'set_rng_state',
+           'save_checkpoint', 'load_checkpoint', 'load_weights', 'load_model', 'best_path']
 
 # %% ../nbs/03a_checkpoint.ipynb #1422dd25
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = 'vae_nb.checkpoint', 1
@@ -37,58 +38,18 @@ def check_plain(v, name:str='meta'):
     else: raise ValueError(f"{name}: expected tensors and plain data (dict, list, str, int, float, bool, "
                            f"None), got {type(v).__name__}")
 
-# %% ../nbs/03a_checkpoint.ipynb #e8575122
-def _tmp_name(path:Path) -> Path:
-    "A temporary file next to `path`, named after this process: `.NAME.PID.RANDOM.tmp`."
-    return path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-
-def _pid_alive(pid:int) -> bool:
-    "Whether a process with this id exists (on this machine)."
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except OSError: return True
-    return True
-
-def remove_stale_temporaries(path:Path, # a checkpoint file; its folder is searched
-                            ) -> list: # the files removed
-    "Remove the temporary files that killed writers of `path` left behind (those of processes that no longer exist)."
-    removed = []
-    for f in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = f.name[len(path.name) + 2:].split('.')[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            with contextlib.suppress(OSError): f.unlink(); removed.append(f)
-    return removed
-
 # %% ../nbs/03a_checkpoint.ipynb #91b70178
-def _fsync_dir(folder:Path):
-    "Make a rename inside `folder` durable (POSIX); a no-op where folders cannot be opened."
-    try: fd = os.open(folder, os.O_RDONLY)
-    except OSError: return
-    try: os.fsync(fd)
-    except OSError: pass
-    finally: os.close(fd)
-
-def _atomic_save(obj, # what to `torch.save`
+def _atomic_save(obj, # what to torch.save
                  path:Path, # destination; its folder is created if needed
                 ):
-    "`torch.save(obj)` to a temporary file next to `path`, fsync it, and rename it to `path`."
+    "`torch.save(obj)` to `path` atomically (see `atomic_write`), with a one-line reason where the disk refuses it."
     # serialise first: write errors then come from our own write
     buf = io.BytesIO(); torch.save(obj, buf)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, 'xb') as f:
-            f.write(buf.getbuffer()); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError): os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno is not None:
-            err = OSError(f"{os.strerror(e.errno).lower()} while writing {path}; the previous checkpoint "
-                          "is kept")
-            err.errno = e.errno; raise err from None
-        raise
-    _fsync_dir(path.parent)
+    try: atomic_write(path, buf.getbuffer())
+    except OSError as e:
+        if e.errno is None: raise
+        err = OSError(f"{os.strerror(e.errno).lower()} while writing {path}; the previous checkpoint is kept")
+        err.errno = e.errno; raise err from None
 
 # %% ../nbs/03a_checkpoint.ipynb #c372f160
 def rng_state() -> dict:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 from .checks import check_int, check_choice, describe
-from .checkpoint import remove_stale_temporaries
+from .files import atomic_write, remove_stale_temporaries
 
 # %% auto #0
 __all__ = ['INPUT_SIZE', 'IMAGE_EXTENSIONS', 'RUN_FILES', 'MAX_PIXELS', 'CACHE_FORMAT', 'CACHE_VERSION', 'SPLITS',
@@ -446,13 +446,8 @@ def _remove_stale_cache_temps(folder:Path):
 
 def _write_cache(path:Path, cache:dict):
     "Write the cache atomically and remove older caches of the same side and channels; warn instead where it cannot be written."
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")   # the checkpoints' temporary name
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, 'xb') as f: torch.save(cache, f); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
+    try: atomic_write(path, lambda f: torch.save(cache, f))
     except BaseException as e:
-        with contextlib.suppress(OSError): os.unlink(tmp)
         if isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt): raise KeyboardInterrupt() from None
         if not isinstance(e, OSError): raise
         warnings.warn(f"cannot write the decoded-image cache {path} ({e.strerror or e}): the images will be decoded again next "
