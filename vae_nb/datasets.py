@@ -147,7 +147,8 @@ def _read_idx_dataset(name:str, # 'mnist' or 'fashion_mnist'
 def _read_svhn_mat(path:Path, # an SVHN .mat file
                   )->tuple: # uint8 x (N, 3, 32, 32), int64 y (N,)
     "Images and labels of an SVHN .mat file, with label 10 turned into digit 0."
-    from scipy.io import loadmat
+    try: from scipy.io import loadmat
+    except ImportError: raise ImportError("the svhn dataset needs scipy to read its .mat files: pip install 'vae_nb[svhn]'") from None
     m = loadmat(path, variable_names=['X', 'y'])
     x = np.ascontiguousarray(m['X'].transpose(3, 2, 0, 1))  # (32, 32, 3, N) -> (N, 3, 32, 32)
     return torch.from_numpy(x), torch.from_numpy(m['y'].reshape(-1).astype(np.int64) % 10)
