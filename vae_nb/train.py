@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_train.ipynb #55191c59
 from __future__ import annotations
-import contextlib, copy, dataclasses, math, os, sys, time, warnings
+import contextlib, dataclasses, math, os, sys, time, warnings
 from pathlib import Path
 from typing import Callable, Iterable
 import torch
@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from .model import VAE, evaluating
+from .objectives import Objective, ELBO, IWAE, OBJECTIVES
 from .checks import check_int, check_positive, check_choice
 from .cpu import use_cpu_threads, cpu_cores
 from .dist import (DistInfo, distributed_info, group_info, resolve_device, init_distributed, finish_distributed,
@@ -21,14 +22,14 @@ from .checkpoint import (CheckpointError, save_checkpoint, load_checkpoint, load
                                rng_state, set_rng_state, best_path)
 
 # %% auto #0
-__all__ = ['OBJECTIVES', 'PRECISIONS', 'SCHEDULES', 'prepare_model', 'evaluate', 'Objective', 'ELBO', 'IWAE',
-           'NonFiniteLossError', 'RunState', 'SkippedUpdatesError', 'train_epoch', 'WarmupCosine', 'fit', 'DistInfo',
+__all__ = ['PRECISIONS', 'SCHEDULES', 'prepare_model', 'evaluate', 'NonFiniteLossError', 'RunState', 'SkippedUpdatesError',
+           'train_epoch', 'WarmupCosine', 'fit', 'Objective', 'ELBO', 'IWAE', 'OBJECTIVES', 'DistInfo',
            'distributed_info', 'rank_seed', 'resolve_device', 'init_distributed', 'finish_distributed',
            'save_checkpoint', 'load_checkpoint', 'load_model']
 
 # %% ../nbs/03_train.ipynb #5a1b0c77
-_all_ = ['DistInfo', 'distributed_info', 'rank_seed', 'resolve_device', 'init_distributed', 'finish_distributed',
-         # importable from here as before they moved to `dist`, `checkpoint`
+_all_ = ['Objective', 'ELBO', 'IWAE', 'OBJECTIVES', 'DistInfo', 'distributed_info', 'rank_seed', 'resolve_device', 'init_distributed', 'finish_distributed',
+         # importable from here as before they moved to `objectives`, `dist`, `checkpoint`
          'save_checkpoint', 'load_checkpoint', 'load_model']
 
 # %% ../nbs/03_train.ipynb #b1d47f8e
@@ -203,61 +204,6 @@ def evaluate(model:VAE, # the model, on its device
     if count == 0: raise ValueError("dl: expected at least one batch of images, got none")
     res = dict(zip(['recon_nll', 'kl', 'elbo', 'log_likelihood'], (sums / count).tolist()), n=count)
     return res if k is None else {**res, 'k': k}
-
-# %% ../nbs/03_train.ipynb #7c60fe9a
-class Objective:
-    "What `fit` minimises: `objective(model, x, epoch)` -> (per-example loss (B,), dict of per-example terms)."
-    name = ''
-    # numbers of this epoch, passed to `forward` as tensors
-    def params(self, epoch:int) -> tuple: return ()
-    def forward(self, model:VAE, x:Tensor, *params:Tensor) -> tuple: raise NotImplementedError
-    def __call__(self, model:VAE, x:Tensor, epoch:int=1) -> tuple:
-        key = (epoch, x.device)
-        if getattr(self, '_cache', (None,))[0] != key:            # one small tensor per number per epoch
-            self._cache = (key, tuple(torch.tensor(float(p), device=x.device) for p in self.params(epoch)))
-        return self.__dict__.get('_compiled', self.forward)(model, x, *self._cache[1])
-    def compiled(self) -> Objective:
-        "A copy whose `forward` goes through `torch.compile`, once."
-        c = copy.copy(self); c._compiled = torch.compile(self.forward); return c
-    def record(self, epoch:int) -> dict: return dict(objective=self.name)
-    def to_dict(self) -> dict: return dict(name=self.name)
-    @classmethod
-    def from_dict(cls, d:dict) -> Objective:
-        "The objective that `to_dict` described, of any class in `OBJECTIVES`."
-        if not isinstance(d, dict) or d.get('name') not in OBJECTIVES:
-            raise ValueError(f"objective: expected a dict whose name is one of {sorted(OBJECTIVES)}, got "
-                             f"{d!r}")
-        return OBJECTIVES[d['name']](**{k: v for k, v in d.items() if k != 'name'})
-    def __eq__(self, other): return isinstance(other, Objective) and self.to_dict() == other.to_dict()
-    def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items() if k != 'name')})"
-
-# %% ../nbs/03_train.ipynb #1e063118
-class ELBO(Objective):
-    "The negative ELBO, its KL term weighted by β (β-VAE) after a linear warm-up over `warmup` epochs."
-    name = 'elbo'
-    def __init__(self, beta:float=1.0, # the KL weight after the warm-up; 1 is the ELBO
-                 warmup:int=0, # epochs over which the weight rises linearly from β/warmup to β; 0: none
-                ): self.beta, self.warmup = check_positive('beta', beta), check_int('warmup', warmup)
-    def weight(self, epoch:int) -> float: return self.beta * min(1.0, epoch / self.warmup) if self.warmup else self.beta
-    def params(self, epoch:int) -> tuple: return (self.weight(epoch),)
-    def forward(self, model:VAE, x:Tensor, beta:Tensor) -> tuple:
-        _, nll, kl = model(x, check=False)                          # (B,) each
-        return nll + beta * kl, dict(nll=nll, kl=kl)
-    def record(self, epoch:int) -> dict: return dict(objective='elbo', beta=self.weight(epoch))
-    def to_dict(self) -> dict: return dict(name='elbo', beta=self.beta, warmup=self.warmup)
-
-# %% ../nbs/03_train.ipynb #c0b1d2e3
-class IWAE(Objective):
-    "The negative k-sample importance-weighted bound (IWAE), from the model's own estimator."
-    name = 'iwae'
-    def __init__(self, k:int=5, # importance samples per image; 1 is the ELBO (with a sampled KL)
-                ): self.k = check_int('k', k, minimum=1)
-    def forward(self, model:VAE, x:Tensor) -> tuple: return -model.iw_bound(x, self.k, check=False), {}
-    def record(self, epoch:int) -> dict: return dict(objective='iwae', k=self.k)
-    def to_dict(self) -> dict: return dict(name='iwae', k=self.k)
-
-# name -> class, for `Objective.from_dict`; add your own subclass here
-OBJECTIVES = dict(elbo=ELBO, iwae=IWAE)
 
 # %% ../nbs/03_train.ipynb #d4e5f6a7
 def _objective_of(objective:Objective|None, beta:float|None, kl_warmup:int|None, iwae:int|None) -> Objective:
