@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Callable, Optional
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+import torch.nn.functional as F
 from torch.func import functional_call, vmap
 from fastcore.script import call_parse
 from .checks import check_int, check_positive, check_tensor
@@ -110,20 +111,59 @@ def _regret_one(model:VAE, x:Tensor, train_eps:Tensor, eval_eps:Tensor, lr:float
         opt.zero_grad(); loss.backward(); opt.step()
     with torch.no_grad(): return _elbo(model, enc(x), x, eval_eps) - before
 
+# %% ../nbs/07_ood.ipynb #f850f8f1
+def _layers(m:nn.Module) -> list:
+    "The leaf modules of `m`, nested `nn.Sequential`s flattened, in order."
+    return [l for c in m for l in _layers(c)] if isinstance(m, nn.Sequential) else [m]
+
+def _copiable(m:nn.Module) -> bool:
+    "Whether `_copies_forward` can run B copies of `m`: a Sequential of Conv2d (zero padding, one group), Linear and parameter-free layers, no buffers."
+    ok = lambda l: (isinstance(l, nn.Conv2d) and l.groups == 1 and l.padding_mode == 'zeros' and not isinstance(l.padding, str)
+                    or isinstance(l, nn.Linear) or not any(True for _ in l.parameters()))
+    return isinstance(m, nn.Sequential) and not any(True for _ in m.buffers()) and all(ok(l) for l in _layers(m))
+
+def _copies_forward(layers:list, # the leaf modules of the encoder, from _layers
+                    params:list, # per layer, its parameters stacked B times (weight (B, ...), bias (B, ...)); [] for none
+                    x:Tensor, # images, (B, C, S, S): image b goes through copy b
+                   ) -> Tensor: # (B, ...) the copies' outputs
+    "B copies of a stack of layers at once: convolutions and linear layers as batched matrix products over the stacked weights."
+    h, B = x, len(x)
+    for l, ps in zip(layers, params):
+        if isinstance(l, nn.Conv2d):
+            w, b = ps[0], (ps[1] if l.bias is not None else None)
+            side = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip(h.shape[2:], l.kernel_size, l.stride, l.padding, l.dilation)]
+            u = F.unfold(h, l.kernel_size, l.dilation, l.padding, l.stride)                # (B, C_in·k², L)
+            h = torch.bmm(w.flatten(2), u) if b is None else torch.baddbmm(b[:, :, None], w.flatten(2), u)   # (B, C_out, L)
+            h = h.view(B, -1, *side)                                                     # (B, C_out, S', S')
+        elif isinstance(l, nn.Linear):
+            w, b = ps[0], (ps[1] if l.bias is not None else None)
+            h = (torch.bmm(w, h[:, :, None]) if b is None else torch.baddbmm(b[:, :, None], w, h[:, :, None]))[..., 0]   # (B, out)
+        else: h = l(h)                                                                   # parameter-free, per image
+    return h
+
+
 # %% ../nbs/07_ood.ipynb #fc2c4611
 def _regret_batch(model:VAE, x:Tensor, train_eps:Tensor, eval_eps:Tensor, lr:float, weight_decay:float) -> Tensor:
-    "Regret of each image of x (B, C, S, S) at once: B encoder copies stacked, run with vmap, one Adam on the stack."
-    B = len(x)
-    stacked = {n: p.detach().expand(B, *p.shape).clone().requires_grad_() for n, p in model.encoder.named_parameters()}
-    buffers = {n: b for n, b in model.encoder.named_buffers()}
-    def encode(params, xb): return functional_call(model.encoder, (params, buffers), (xb[None],))[0]   # one image -> (2·z_dim,)
-    run = vmap(encode)                                                                   # (B, C, S, S) -> (B, 2·z_dim)
-    with torch.no_grad(): before = _elbo(model, model.encoder(x), x, eval_eps)
-    opt = torch.optim.Adam(stacked.values(), lr=lr, weight_decay=weight_decay, fused=True)   # one pass over B copies' moments
+    "Regret of each image of x (B, C, S, S) at once: B encoder copies stacked (batched matrix products, else vmap), one Adam on the stack."
+    B, enc = len(x), model.encoder
+    if _copiable(enc):
+        layers = _layers(enc)
+        params = [[p.detach().expand(B, *p.shape).clone().requires_grad_() for p in l.parameters()] for l in layers]
+        flat = [p for ps in params for p in ps]
+        run = lambda xb: _copies_forward(layers, params, xb)                             # (B, C, S, S) -> (B, 2·z_dim)
+    else:
+        stacked = {n: p.detach().expand(B, *p.shape).clone().requires_grad_() for n, p in enc.named_parameters()}
+        buffers = dict(enc.named_buffers())
+        def encode(params, xb): return functional_call(enc, (params, buffers), (xb[None],))[0]   # one image -> (2·z_dim,)
+        flat, vrun = list(stacked.values()), vmap(encode)
+        run = lambda xb: vrun(stacked, xb)
+    with torch.no_grad(): before = _elbo(model, enc(x), x, eval_eps)
+    opt = torch.optim.Adam(flat, lr=lr, weight_decay=weight_decay, fused=True)             # one pass over B copies' moments
     for eps in train_eps:                                                                # (B, z_dim) per step
-        loss = -_elbo(model, run(stacked, x), x, eps[None]).sum()
+        loss = -_elbo(model, run(x), x, eps[None]).sum()
         opt.zero_grad(); loss.backward(); opt.step()
-    with torch.no_grad(): return _elbo(model, run(stacked, x), x, eval_eps) - before
+    with torch.no_grad(): return _elbo(model, run(x), x, eval_eps) - before
+
 
 # %% ../nbs/07_ood.ipynb #ac92b484
 def regret_score(model:VAE, # the trained model; its encoder is copied, never changed
@@ -159,12 +199,26 @@ def regret_score(model:VAE, # the trained model; its encoder is copied, never ch
     return torch.cat(out).cpu() if out else torch.zeros(0)
 
 # %% ../nbs/07_ood.ipynb #03011505
+def _average_ranks(s:np.ndarray, # values, (..., n)
+                  ) -> np.ndarray: # ranks 1..n along the last axis, float64, (..., n)
+    "Ranks along the last axis, ties given the mean of the ranks they span."
+    n = s.shape[-1]
+    order = np.argsort(s, axis=-1, kind='stable')
+    v = np.take_along_axis(s, order, -1)                                         # sorted, (..., n)
+    i = np.broadcast_to(np.arange(n), v.shape)
+    first = np.r_['-1', np.ones(v.shape[:-1] + (1,), bool), v[..., 1:] != v[..., :-1]]   # a run of ties starts here
+    last = np.r_['-1', first[..., 1:], np.ones(v.shape[:-1] + (1,), bool)]             # a run of ties ends here
+    lo = np.maximum.accumulate(np.where(first, i, 0), axis=-1)                    # the run's first position
+    hi = np.flip(np.minimum.accumulate(np.flip(np.where(last, i, n - 1), -1), axis=-1), -1)   # and its last
+    r = np.empty(v.shape)
+    np.put_along_axis(r, order, (lo + hi) / 2 + 1, -1)
+    return r
+
 def _auroc(s:np.ndarray, # scores of one or more resamples, (R, n) with the positives first
            n_pos:int, # positives per row
           ) -> np.ndarray: # (R,)
     "The Mann–Whitney AUROC of each row (ties count half)."
-    from scipy.stats import rankdata
-    r = rankdata(s, axis=1)                                                      # average ranks, (R, n)
+    r = _average_ranks(s)                                                        # (R, n)
     n_neg = s.shape[1] - n_pos
     return (r[:, :n_pos].sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
