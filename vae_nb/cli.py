@@ -10,57 +10,16 @@ import functools, json, os, shutil, sys, time
 from pathlib import Path
 from fastcore.script import call_parse
 
-# %% ../nbs/04_cli.ipynb #539f793f
-def _one_line(e:BaseException) -> str:
-    "The first line of an exception's message."
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-def _is_out_of_memory(e:BaseException) -> bool:
-    "Whether `e` is an allocator's failure (CUDA or CPU), as opposed to a bug."
-    torch = sys.modules.get('torch')                                     # loaded by then, if the error came from it
-    cuda_oom = (torch.cuda.OutOfMemoryError,) if torch else ()
-    said = ("out of memory", "can't allocate memory", "not enough memory")
-    return isinstance(e, (MemoryError, *cuda_oom)) or (isinstance(e, RuntimeError) and any(s in str(e) for s in said))
-
-def _is_peer_failure(e:BaseException) -> bool:
-    "Whether `e` is a broken exchange between the processes of a run (another process failed or quit first)."
-    torch = sys.modules.get('torch')
-    return torch is not None and torch.distributed.is_available() and isinstance(e, torch.distributed.DistError)
-
-def _is_data_failure(e:BaseException) -> bool:
-    "Whether `e` says that data could not be served (a worker killed, a file gone while streaming): not a bug here."
-    data = sys.modules.get('vae_nb.data')
-    return data is not None and isinstance(e, data.DataLoaderError)
-
-def _rank() -> int:
-    "This process's rank in a torchrun launch; 0 when alone (or when the environment cannot say)."
-    if 'vae_nb.dist' not in sys.modules: return 0                       # the error came before the library was loaded
-    try: return sys.modules['vae_nb.dist'].distributed_info().rank
-    except ValueError: return 0
-
 # %% ../nbs/04_cli.ipynb #8fca0a17
-def _exit(prog:str, message:str, code:int=1):
-    "Print `prog: message` on stderr (process 0 only: the others meet the same error, or fail because of it) and exit."
-    if _rank() == 0: print(f"{prog}: {message}", file=sys.stderr, flush=True)
-    sys.exit(code)
-
 def _user_errors(prog:str # the command's name, for messages
                 ):
-    "Decorator: a user-caused failure prints `prog: error: ...` (one line) on stderr and exits 1; Ctrl-C exits 130."
+    "Decorator: the command runs under hub's `_user_errors(prog)` (one line per user error), imported when it runs."
     def deco(f):
         @functools.wraps(f)
         def _f(*args, **kwargs):
-            try: return f(*args, **kwargs)
-            except (ValueError, OSError, FloatingPointError) as e:       # bad input, files, disk; NaN losses
-                _exit(prog, f"error: {_one_line(e)}")
-            except KeyboardInterrupt: _exit(prog, "interrupted", 130)
-            except (RuntimeError, MemoryError) as e:
-                why = _one_line(e)[:100]
-                if _is_out_of_memory(e): _exit(prog, f"error: out of memory ({why}); lower --batch_size, --k or --n")
-                if _is_peer_failure(e): _exit(prog, f"error: another process of the run failed or quit ({why})")
-                if _is_data_failure(e): _exit(prog, f"error: {_one_line(e)}")
-                raise                                                    # a bug: keep the traceback
+            try: from vae_nb.hub import _user_errors                     # loads PyTorch, which --help does without
+            except KeyboardInterrupt: print(f"{prog}: interrupted", file=sys.stderr); sys.exit(130)
+            return _user_errors(prog)(f)(*args, **kwargs)
         return _f
     return deco
 
@@ -82,6 +41,21 @@ def _duration(seconds:float) -> str:
     if seconds < 1: return "under a second"
     if seconds < 90: return f"about {seconds:.0f} s"
     return f"about {seconds / 60:.0f} min" if seconds < 5400 else f"about {seconds / 3600:.1f} h"
+
+# %% ../nbs/04_cli.ipynb #cb000001
+def _check_tensorboard():
+    "`ValueError` (one line on the command line) when --tensorboard cannot write: the tensorboard package is missing."
+    from vae_nb.monitor import _summary_writer
+    try: _summary_writer()
+    except ModuleNotFoundError as e: raise ValueError(f"--tensorboard: {e}") from None
+
+def _callbacks(tensorboard:bool, run, out:Path, every:int, x_shown) -> list:
+    "`fit`'s callbacks for --tensorboard: the health monitor (on the validation images, else the test ones), then the logger."
+    if not tensorboard: return []
+    from vae_nb.monitor import HealthMonitor, TensorBoardLogger
+    watched = run.test_dl if run.valid_dl is None else run.valid_dl
+    return [HealthMonitor(watched, after_epoch=max(1, run.settings['kl_warmup']), n=1000),
+            TensorBoardLogger(out/'tensorboard', every=every, images=x_shown, seed=run.settings['seed'])]
 
 # %% ../nbs/04_cli.ipynb #0df721be
 @call_parse
@@ -120,6 +94,8 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
                  warmup_epochs:int=None, # epochs of linear learning-rate warm-up; default 0
                  schedule:str=None, # learning rate after the warm-up: constant (the default) or cosine
                  precision:str=None, # fp32 (the default) or bf16 (the forward pass under bfloat16 autocast)
+                 patience:int=None, # stop after N epochs without a better validation ELBO (on 10% of train); score best.pt
+                 tensorboard:bool=False, # write TensorBoard event files (scalars, health, image grids) to OUT/tensorboard
                 ):
     "Train a VAE; write its checkpoint, image grids and metrics; print the test ELBO and log-likelihood."
     import torch
@@ -127,29 +103,35 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
     from vae_nb.dist import distributed_info, finish_distributed
     from vae_nb.train import fit, evaluate
     from vae_nb.viz import save_samples, save_reconstructions
+    from vae_nb.checkpoint import best_path, load_checkpoint, load_weights
+    from vae_nb.hub import _exit, _one_line
     t0 = time.perf_counter()                                              # after the imports, as before they moved here
     R.check_flags(epochs=epochs, device=device, k=k, every=every, threads=threads, workers=workers, root=root,
                   cache_dir=cache_dir)
+    if tensorboard: _check_tensorboard()                                 # before any work
     if threads: torch.set_num_threads(threads)
     plan = R.plan_run(out, resume, overwrite, dataset=dataset, batch_size=batch_size, lr=lr, seed=seed, n_train=n_train,
                       n_test=n_test, z_dim=z_dim, encoder_features=encoder_features, decoder_features=decoder_features,
                       likelihood=likelihood, beta=beta, kl_warmup=kl_warmup, iwae=iwae, image_size=image_size,
                       channels=channels, binarize=binarize, ema=ema, clip_grad_norm=clip_grad_norm,
                       skip_grad_norm=skip_grad_norm, warmup_epochs=warmup_epochs, schedule=schedule,
-                      precision=precision)
+                      precision=precision, patience=patience)
     run = R.build_run(plan, device, root, workers, cache_dir)
     out, s, model, dev, main = plan.out, run.settings, run.model, run.device, distributed_info().main
     x_shown = R.first_images(run.test_dl, 32).to(dev)                                 # shown reconstructed
     out.mkdir(parents=True, exist_ok=True)
     bars, ckpt = sys.stderr.isatty(), out/'checkpoint.pt'
+    best = best_path(ckpt)
+    if plan.resume is None:                                              # a fresh run: no best epoch or events of an earlier one
+        best.unlink(missing_ok=True); shutil.rmtree(out/'tensorboard', ignore_errors=True)
     shown = {k: v for k, v in s.items() if k != 'split_record'}         # the file list stays in the checkpoint
     metrics = dict(dataset=s['dataset'], config=plan.config, settings=shown, world_size=distributed_info().world_size,
-                   args=dict(epochs=epochs, k=k, device=str(dev)), history=[])
+                   args=dict(epochs=epochs, k=k, device=str(dev), tensorboard=tensorboard), history=[])
 
     def on_epoch_end(model, history):
         r = history[-1]
         if not bars: print(_epoch_line(r), file=sys.stderr, flush=True)
-        if r['epoch'] % every == 0 or r['epoch'] == epochs:
+        if r['epoch'] % every == 0 or r['epoch'] == epochs or r.get('stopped_early'):
             for name, save in (('samples', lambda p: save_samples(model, p, 64, s['seed'])),
                                ('reconstructions', lambda p: save_reconstructions(model, x_shown, p))):
                 shutil.copyfile(save(out/f"{name}_epoch{r['epoch']:03d}.png"), out/f"{name}.png")
@@ -158,26 +140,35 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
     again = f"vae_nb_train --resume {ckpt} --epochs {epochs}"
     try: history = fit(model, run.train_dl, test_dl=run.test_dl, epochs=epochs, device=dev, checkpoint=ckpt,
                        resume=plan.resume, progress=bars, on_epoch_end=on_epoch_end, settings=s, overwrite=overwrite,
-                       compile=compile, **R.fit_arguments(s))
+                       compile=compile, valid_dl=run.valid_dl, callbacks=_callbacks(tensorboard, run, out, every, x_shown),
+                       **R.fit_arguments(s))
     except data.DataLoaderError as e:                                     # a worker killed, a file gone: the run can go on
         hint = f"; to continue from the last checkpoint, run: {again}" if ckpt.exists() else ''
         raise ValueError(f"{_one_line(e)}{hint}") from None
-    if len(history) < epochs:                                             # Ctrl-C: fit has said which epoch the checkpoint holds
+    stopped = bool(history and history[-1].get('stopped_early'))
+    if len(history) < epochs and not stopped:                             # Ctrl-C: fit has said which epoch the checkpoint holds
         _exit('vae_nb_train', f"interrupted; to continue, run: {again}", 130)
+    scored = best if s['patience'] is not None and best.exists() else ckpt
+    if scored == best:                                                    # the best epoch, as its validation ELBO chose it
+        ck = load_checkpoint(best); load_weights(model, ck, best, ema=ck['ema'] is not None)
+    epoch = ck['epoch'] if scored == best else history[-1]['epoch']
     t1 = time.perf_counter()
     n, seconds = R.evaluation_estimate(model, run.test_dl, k)
     if main: print(f"vae_nb_train: scoring the test log-likelihood with K={k:,} importance samples for each of {n:,} images "
                    f"({_duration(seconds)})", file=sys.stderr, flush=True)
     test = evaluate(model, run.test_dl, k=k, seed=s['seed'], progress=main)     # every process scores its part; lines in a log
-    test['bits_per_dim'] = model.bits_per_dim(test['log_likelihood'])
+    test.update(bits_per_dim=model.bits_per_dim(test['log_likelihood']), checkpoint=scored.name, epoch=epoch,
+                weights='raw' if s['ema'] is None else 'ema')
     t2 = time.perf_counter()
     finish_distributed()
     if not main: return
-    metrics.update(history=history, test=test, seconds=dict(training=t1 - t0, evaluation=t2 - t1, total=t2 - t0))
+    stop = dict(epoch=history[-1]['epoch'], best_epoch=epoch, patience=s['patience']) if stopped else None
+    metrics.update(history=history, test=test, stopped_early=stop, seconds=dict(training=t1 - t0, evaluation=t2 - t1, total=t2 - t0))
     _write_json(metrics, out/'metrics.json')
     n = history[-1]['epoch']
-    print(f"{s['dataset']}: {n} epoch{'' if n == 1 else 's'}, {t2 - t0:.0f} s on {dev} ({t1 - t0:.0f} s training, {t2 - t1:.0f} s evaluation); wrote {out}/\n"
-          f"test ELBO {test['elbo']:.2f} nats, test log-likelihood {test['log_likelihood']:.2f} nats (K={k}, "
+    early, of = (" (stopped early)" if stopped else ''), (f" of {scored.name} (epoch {epoch})" if scored == best else '')
+    print(f"{s['dataset']}: {n} epoch{'' if n == 1 else 's'}{early}, {t2 - t0:.0f} s on {dev} ({t1 - t0:.0f} s training, {t2 - t1:.0f} s evaluation); wrote {out}/\n"
+          f"test ELBO{of} {test['elbo']:.2f} nats, test log-likelihood {test['log_likelihood']:.2f} nats (K={k}, "
           f"{test['bits_per_dim']:.3f} bits/dim) on {test['n']} images")
 
 # %% ../nbs/04_cli.ipynb #e07acfeb
@@ -195,6 +186,7 @@ def vae_nb_eval(checkpoint:str, # a checkpoint written by vae_nb_train (or fit)
                 cache_dir:str=None, # for a folder: where its decoded images are cached; default FOLDER/.vae_nb_cache
                 workers:int=None, # data-loading processes for a folder too large to cache in memory; default: a few
                 threads:int=None, # CPU threads for PyTorch; default: its own choice
+                raw:bool=False, # score the raw weights, not their moving average (when the checkpoint keeps one)
                ):
     "Print the ELBO and importance-sampled log-likelihood of a checkpoint's model: the last line of stdout is JSON."
     import torch
@@ -203,13 +195,14 @@ def vae_nb_eval(checkpoint:str, # a checkpoint written by vae_nb_train (or fit)
     from vae_nb.train import evaluate
     R.check_flags(k=k, n=n, split=split, seed=seed, device=device, threads=threads)
     if threads: torch.set_num_threads(threads)
-    model, dl, s = R.load_run(checkpoint, dataset, split, batch_size, device, root, workers, cache_dir)
+    model, dl, s = R.load_run(checkpoint, dataset, split, batch_size, device, root, workers, cache_dir, ema=not raw)
     main = distributed_info().main
     r = evaluate(model, dl, k=k, n=n, seed=seed, progress=main)          # under torchrun: each process scores its part
     finish_distributed()
     if main: print(json.dumps(dict(elbo=r['elbo'], log_likelihood=r['log_likelihood'],
                                    bits_per_dim=model.bits_per_dim(r['log_likelihood']), likelihood=model.likelihood,
-                                   k=k, n=r['n'], split=split, dataset=s['dataset'])))
+                                   k=k, n=r['n'], split=split, dataset=s['dataset'],
+                                   weights='raw' if raw or s.get('ema') is None else 'ema')))
 
 # %% ../nbs/04_cli.ipynb #9edbc39f
 MAX_GRID = 10_000  # most images in one grid that vae_nb_sample writes
@@ -222,6 +215,7 @@ def vae_nb_sample(checkpoint:str, # a checkpoint written by vae_nb_train (or fit
                   out:str='samples.png', # PNG file to write, or a folder (its samples.png)
                   overwrite:bool=False, # replace an existing image (a checkpoint is never replaced)
                   device:str='auto', # auto (CUDA when available), cpu or cuda
+                  raw:bool=False, # sample the raw weights, not their moving average (when the checkpoint keeps one)
                  ):
     "Write a PNG grid of images sampled from a checkpoint's model."
     from vae_nb import run as R
@@ -232,7 +226,7 @@ def vae_nb_sample(checkpoint:str, # a checkpoint written by vae_nb_train (or fit
     if n > MAX_GRID: raise ValueError(f"n: expected at most {MAX_GRID:,} images in one grid, got {n:,}; "
                                       "run the command several times with other --seed values")
     path = R.check_image_out(out, overwrite)
-    model = load_model(checkpoint, resolve_device(device))
+    model = load_model(checkpoint, resolve_device(device), ema=not raw)
     tmp = path.with_name(f".{path.name}.tmp")
     try: os.replace(save_samples(model, tmp, n, seed), path)
     finally: tmp.unlink(missing_ok=True)

@@ -7,7 +7,7 @@ __all__ = ['CONFIG_NAME', 'WEIGHTS_NAME', 'CARD_NAME', 'PRETRAINED_FILES', 'REPO
            'model_card', 'save_pretrained', 'from_pretrained', 'vae_nb_export']
 
 # %% ../nbs/03c_hub.ipynb #b5508cc5
-import contextlib, json, math, os, re, sys
+import contextlib, functools, json, math, os, re, sys
 from pathlib import Path
 from typing import Optional, Sequence, Union
 import torch
@@ -17,11 +17,10 @@ from fastcore.script import call_parse
 import safetensors.torch
 import vae_nb
 from .model import VAE
-from .data import DATASETS
-from .dist import resolve_device
+from .data import DATASETS, DataLoaderError
+from .dist import resolve_device, distributed_info
 from .checkpoint import load_checkpoint, load_model
 from .checkpoint import _config_keys, _fsync_dir, _tmp_name, remove_stale_temporaries
-from .cli import _user_errors
 
 # %% ../nbs/03c_hub.ipynb #859add8d
 CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = 'config.json', 'model.safetensors', 'README.md'
@@ -242,6 +241,51 @@ def from_pretrained(folder:Union[str, os.PathLike], # written by save_pretrained
 def from_pretrained(cls:VAE, folder:Union[str, os.PathLike], device:Union[str, torch.device]='cpu') -> VAE:
     "`from_pretrained(folder, device)`: the VAE that `save_pretrained` wrote into `folder`."
     return from_pretrained(folder, device)              # the function above: @patch leaves the name to it
+
+# %% ../nbs/03c_hub.ipynb #ue000002
+def _one_line(e:BaseException) -> str:
+    "The first line of an exception's message."
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+def _is_out_of_memory(e:BaseException) -> bool:
+    "Whether `e` is an allocator's failure (CUDA or CPU), as opposed to a bug."
+    said = ("out of memory", "can't allocate memory", "not enough memory")
+    return (isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError))
+            or (isinstance(e, RuntimeError) and any(s in str(e) for s in said)))
+
+def _is_peer_failure(e:BaseException) -> bool:
+    "Whether `e` is a broken exchange between the processes of a run (another process failed or quit first)."
+    return torch.distributed.is_available() and isinstance(e, torch.distributed.DistError)
+
+def _rank() -> int:
+    "This process's rank in a torchrun launch; 0 when alone (or when the environment cannot say)."
+    try: return distributed_info().rank
+    except ValueError: return 0
+
+# %% ../nbs/03c_hub.ipynb #ue000003
+def _exit(prog:str, message:str, code:int=1):
+    "Print `prog: message` on stderr (process 0 only: the others meet the same error, or fail because of it) and exit."
+    if _rank() == 0: print(f"{prog}: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+def _user_errors(prog:str # the command's name, for messages
+                ):
+    "Decorator: a user-caused failure prints `prog: error: ...` (one line) on stderr and exits 1; Ctrl-C exits 130."
+    def deco(f):
+        @functools.wraps(f)
+        def _f(*args, **kwargs):
+            try: return f(*args, **kwargs)
+            except (ValueError, OSError, FloatingPointError, DataLoaderError) as e:   # bad input, files, disk; NaN; data
+                _exit(prog, f"error: {_one_line(e)}")
+            except KeyboardInterrupt: _exit(prog, "interrupted", 130)
+            except (RuntimeError, MemoryError) as e:
+                why = _one_line(e)[:100]
+                if _is_out_of_memory(e): _exit(prog, f"error: out of memory ({why}); lower --batch_size, --k or --n")
+                if _is_peer_failure(e): _exit(prog, f"error: another process of the run failed or quit ({why})")
+                raise                                                    # a bug: keep the traceback
+        return _f
+    return deco
 
 # %% ../nbs/03c_hub.ipynb #042b7016
 def _run_metrics(checkpoint:Path, # the checkpoint exported

@@ -18,9 +18,9 @@ from .dist import resolve_device, distributed_info, init_distributed, barrier
 from .train import prepare_model, ELBO, IWAE, SCHEDULES, PRECISIONS
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'RUN_SETTINGS', 'RUN_SPLITS', 'FLAG_CHECKS', 'check_flags', 'run_settings', 'fit_arguments', 'check_out',
-           'RunPlan', 'plan_run', 'Run', 'check_binary', 'build_run', 'load_run', 'first_images', 'evaluation_estimate',
-           'is_checkpoint_file', 'check_image_out']
+__all__ = ['DEFAULTS', 'RUN_SETTINGS', 'VALID_FRACTION', 'RUN_SPLITS', 'FLAG_CHECKS', 'check_flags', 'run_settings',
+           'fit_arguments', 'check_out', 'RunPlan', 'plan_run', 'Run', 'check_binary', 'build_run', 'load_run',
+           'first_images', 'evaluation_estimate', 'is_checkpoint_file', 'check_image_out']
 
 # %% ../nbs/03e_run.ipynb #8c10ca9e
 _MODEL_KEYS = ('z_dim', 'encoder_features', 'decoder_features', 'likelihood')
@@ -28,9 +28,10 @@ DEFAULTS = dict(dataset='mnist5k', batch_size=MNIST5K_CONFIG['batch_size'], lr=M
                 n_train=None, n_test=None, **{k: MNIST5K_CONFIG['model'][k] for k in _MODEL_KEYS[:3]},
                 likelihood='gaussian', beta=1.0, kl_warmup=0, iwae=1, image_size=None, channels=None, binarize=None,
                 ema=None, clip_grad_norm=None, skip_grad_norm=None, warmup_epochs=0, schedule='constant',
-                precision='fp32')
+                precision='fp32', patience=None)
 # the flags that shape a run: recorded in its checkpoint, and taken from it on a resume
 RUN_SETTINGS = tuple(DEFAULTS)
+VALID_FRACTION = 0.1  # the share of the training set a run with --patience holds out for validation
 RUN_SPLITS = ('train', 'test')  # a run's splits, in the order `get_dataloaders` returns them (`data.SPLITS` adds 'valid')
 
 # %% ../nbs/03e_run.ipynb #fe22433a
@@ -52,7 +53,7 @@ FLAG_CHECKS = dict(
     lr=check_positive, beta=check_positive, seed=_at_least(0), kl_warmup=_at_least(0), workers=_at_least(0),
     image_size=_at_least(1), channels=_at_least(1),                 # and with the dataset, by `dataset_info`
     **{k: _at_least(1) for k in ('epochs', 'batch_size', 'z_dim', 'encoder_features', 'decoder_features',
-                                 'n_train', 'n_test', 'n', 'k', 'iwae', 'every', 'threads')},
+                                 'n_train', 'n_test', 'n', 'k', 'iwae', 'every', 'threads', 'patience')},
     **{k: _path for k in ('resume', 'out', 'root', 'cache_dir', 'checkpoint')})
 
 def check_flags(**flags # flag name -> value; None means 'not given' and passes
@@ -84,12 +85,19 @@ def _effective(k:str, v, config:dict):
     if v is None and k == 'channels': return config.get('in_channels')
     return v
 
+def _valid_fraction(s:dict, saved:dict|None=None) -> float:
+    "The share of the training set held out for validation: as recorded; else VALID_FRACTION with --patience, else 0."
+    if saved and 'valid_fraction' in saved: return saved['valid_fraction']
+    return VALID_FRACTION if s['patience'] is not None else 0.0
+
 def run_settings(given:dict, # flag -> value for the RUN_SETTINGS; None where the flag was not given
                  ckpt:dict|None=None, # the checkpoint resumed from, if any
                  resume:str='', # its path, for messages
-                ) -> dict: # a value for every one of RUN_SETTINGS
+                ) -> dict: # a value for every one of RUN_SETTINGS, and the valid_fraction they imply
     "The run's settings: the flags over the defaults; on a resume the checkpoint's, with a conflicting flag an error."
-    if ckpt is None: return {k: DEFAULTS[k] if given.get(k) is None else given[k] for k in RUN_SETTINGS}
+    if ckpt is None:
+        s = {k: DEFAULTS[k] if given.get(k) is None else given[k] for k in RUN_SETTINGS}
+        return {**s, 'valid_fraction': _valid_fraction(s)}
     saved, config = _saved_settings(ckpt), ckpt['config']
     for k, v in given.items():
         if v is None or k not in saved: continue
@@ -102,14 +110,14 @@ def run_settings(given:dict, # flag -> value for the RUN_SETTINGS; None where th
         raise ValueError(f"{resume}: the run's dataset folder {saved['dataset']} is not there (moved or deleted); "
                          "if it moved, pass --dataset NEW_PATH (the run's files are looked for there)")
     s = {k: saved[k] if k in saved else DEFAULTS[k] if given.get(k) is None else given[k] for k in RUN_SETTINGS}
-    return {**s, 'dataset': given.get('dataset') or s['dataset']}
+    return {**s, 'dataset': given.get('dataset') or s['dataset'], 'valid_fraction': _valid_fraction(s, saved)}
 
 # %% ../nbs/03e_run.ipynb #aef96e24
-_FIT_KEYS = ('ema', 'clip_grad_norm', 'skip_grad_norm', 'warmup_epochs', 'schedule', 'precision')
+_FIT_KEYS = ('ema', 'clip_grad_norm', 'skip_grad_norm', 'warmup_epochs', 'schedule', 'precision', 'patience')
 
 def fit_arguments(settings:dict, # a run's settings, from plan_run or a checkpoint
                  ) -> dict: # keyword arguments of fit
-    "The objective, learning rate, seed, weight averaging, clipping, schedule and precision of `fit`."
+    "The objective, learning rate, seed, weight averaging, clipping, schedule, precision and patience of `fit`."
     beta, warmup, k = settings['beta'], settings['kl_warmup'], settings['iwae']
     if k > 1 and (beta != 1 or warmup):
         raise ValueError(f"--iwae {k}: expected --beta 1 and --kl_warmup 0 (the IWAE bound has no KL term to weight), "
@@ -119,7 +127,7 @@ def fit_arguments(settings:dict, # a run's settings, from plan_run or a checkpoi
                 **extra)
 
 # %% ../nbs/03e_run.ipynb #3da340a1
-_RUN_FILE = re.compile(r'(checkpoint\.pt|metrics\.json|(samples|reconstructions)(_epoch\d+)?\.png)(\.tmp)?')
+_RUN_FILE = re.compile(r'(checkpoint\.pt|best\.pt|tensorboard|metrics\.json|(samples|reconstructions)(_epoch\d+)?\.png)(\.tmp)?')
 
 def _inside(a:Path, b:Path) -> bool: return a == b or b in a.parents
 
@@ -211,6 +219,7 @@ class Run(NamedTuple):
     test_dl:object # the test loader
     device:torch.device # this process's device
     settings:dict # the plan's settings, with the split record of a folder run
+    valid_dl:object=None # with --patience, the validation loader (a share of the training set); else None
 
 def _first_pixels(dl, n:int=64) -> torch.Tensor:
     "The stored uint8 pixels of the first `n` images of `dl`: its tensor in memory, or images read from its dataset."
@@ -235,16 +244,16 @@ def check_binary(dl, # a loader of the run's images, as stored (uint8)
 # %% ../nbs/03e_run.ipynb #0e1ce505
 def _loaders(s:dict, # the run's settings
              dev:torch.device, root, workers, cache_dir, **kw):
-    "The train and test loaders that settings `s` describe; under torchrun rank 0 reads (and downloads) first."
+    "The (train, valid, test) loaders that settings `s` describe (valid None without a valid_fraction); under torchrun rank 0 reads first."
     world = distributed_info()
     extra = {} if cache_dir is None else dict(cache_dir=cache_dir)
     if world.world_size > 1 and not world.main: barrier()
     dls = get_dataloaders(s['dataset'], s['batch_size'], root, seed=s['seed'], n=(s['n_train'], s['n_test']),
                           device=dev if dev.type == 'cuda' else None,          # on a GPU the uint8 images live there
                           image_size=s['image_size'], channels=s['channels'], binarize=s['binarize'], num_workers=workers,
-                          **extra, **kw)
+                          valid_fraction=s.get('valid_fraction', 0.0), **extra, **kw)
     if world.world_size > 1 and world.main: barrier()
-    return dls
+    return dls if len(dls) == 3 else (dls[0], None, dls[1])
 
 def _check_split(s:dict, saved:dict|None, train_dl, test_dl, source:str) -> dict:
     "Settings `s` with the split record of a folder run: checked against the `saved` one, else made from the loaders."
@@ -263,11 +272,11 @@ def build_run(plan:RunPlan, # from plan_run
     "Read a planned run's data, check it against the plan, and build its model."
     dev = init_distributed(resolve_device(device))
     s = plan.settings
-    train_dl, test_dl = _loaders(s, dev, root, workers, cache_dir)
+    train_dl, valid_dl, test_dl = _loaders(s, dev, root, workers, cache_dir)
     check_binary(train_dl, s['likelihood'], s['binarize'], s['dataset'])
     s = _check_split(s, plan.checkpoint and plan.checkpoint['settings'], train_dl, test_dl, plan.resume or '')
     torch.manual_seed(s['seed'])
-    return Run(prepare_model(VAE(**plan.config), dev), train_dl, test_dl, dev, s)
+    return Run(prepare_model(VAE(**plan.config), dev), train_dl, test_dl, dev, s, valid_dl)
 
 # %% ../nbs/03e_run.ipynb #8a7778eb
 class _Served:
@@ -284,6 +293,7 @@ def load_run(checkpoint:str|os.PathLike, # a checkpoint written by fit (vae_nb_t
              root:str|os.PathLike|None=None, # folder for downloaded datasets
              workers:int|None=None, # a folder's decoding processes
              cache_dir:str|os.PathLike|None=None, # a folder's cache of decoded images
+             ema:bool=True, # the moving average of the weights when the checkpoint keeps one; False: the raw weights
             ) -> tuple: # (model on its device, the split's loader of whole batches in stored order, settings)
     "A checkpoint's model and the data of one of its splits, read as its run read them."
     check_flags(checkpoint=checkpoint, dataset=dataset, split=split, batch_size=batch_size, root=root, workers=workers,
@@ -296,13 +306,13 @@ def load_run(checkpoint:str|os.PathLike, # a checkpoint written by fit (vae_nb_t
          'n_train': None, 'n_test': None}
     dev = init_distributed(resolve_device(device))
     # whole batches, which `evaluate` shares out among the processes
-    train_dl, test_dl = _loaders(s, dev, root, workers, cache_dir, rank=0, world_size=1)
+    train_dl, _, test_dl = _loaders(s, dev, root, workers, cache_dir, rank=0, world_size=1)
     run_n = _saved_settings(ckpt)
     served = _Served(train_dl, run_n.get('n_train')), _Served(test_dl, run_n.get('n_test'))
     s = _check_split(s, ckpt['settings'], *served, str(checkpoint))
     dl = dict(zip(RUN_SPLITS, (train_dl, test_dl)))[split]
     dl.shuffle = False                                                    # the first images in their stored order
-    return prepare_model(load_model(checkpoint), dev), dl, s
+    return prepare_model(load_model(checkpoint, ema=ema), dev), dl, s
 
 # %% ../nbs/03e_run.ipynb #5b16b667
 def first_images(dl, # a loader of batches (x, y)
