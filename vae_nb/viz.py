@@ -401,7 +401,7 @@ def training_curves(history:Sequence[dict], # one dict per epoch, from fit
         ax.set_title(title, fontsize=FONT_SIZE); ax.set_xlabel('epoch', fontsize=FONT_SIZE)
         ax.set_ylabel(unit, fontsize=FONT_SIZE)
         ax.tick_params(labelsize=FONT_SIZE)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
     valid = [(e, -float(h['valid_elbo'])) for e, h in zip(epochs, history) if h.get('valid_elbo') is not None]
     if valid:
         axs[0, 0].plot(*zip(*valid), marker='.', label='valid')
