@@ -111,7 +111,7 @@ def _regret_one(model:VAE, x:Tensor, train_eps:Tensor, eval_eps:Tensor, lr:float
         opt.zero_grad(); loss.backward(); opt.step()
     with torch.no_grad(): return _elbo(model, enc(x), x, eval_eps) - before
 
-# %% ../nbs/07_ood.ipynb #f850f8f1
+# %% ../nbs/07_ood.ipynb #95a2c906
 def _layers(m:nn.Module) -> list:
     "The leaf modules of `m`, nested `nn.Sequential`s flattened, in order."
     return [l for c in m for l in _layers(c)] if isinstance(m, nn.Sequential) else [m]
