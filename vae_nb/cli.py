@@ -6,22 +6,17 @@
 __all__ = ['MAX_GRID', 'vae_nb_train', 'vae_nb_eval', 'vae_nb_sample']
 
 # %% ../nbs/04_cli.ipynb #0120ef3c
-import functools, json, os, shutil, sys, time
+import json, os, shutil, sys, time
 from pathlib import Path
+import torch
 from fastcore.script import call_parse
-
-# %% ../nbs/04_cli.ipynb #8fca0a17
-def _user_errors(prog:str # the command's name, for messages
-                ):
-    "Decorator: the command runs under hub's `_user_errors(prog)` (one line per user error), imported when it runs."
-    def deco(f):
-        @functools.wraps(f)
-        def _f(*args, **kwargs):
-            try: from vae_nb.hub import _user_errors                     # loads PyTorch, which --help does without
-            except KeyboardInterrupt: print(f"{prog}: interrupted", file=sys.stderr); sys.exit(130)
-            return _user_errors(prog)(f)(*args, **kwargs)
-        return _f
-    return deco
+from . import data, run as R, train
+from .files import atomic_write, temporary_name, remove_stale_temporaries
+from .dist import distributed_info, finish_distributed, resolve_device
+from .checkpoint import best_path, load_checkpoint, load_model, load_weights
+from .viz import save_samples, save_reconstructions
+from .monitor import HealthMonitor, TensorBoardLogger, _summary_writer
+from .hub import _user_errors, _exit, _one_line
 
 # %% ../nbs/04_cli.ipynb #972e7c72
 def _epoch_line(r:dict) -> str:
@@ -33,8 +28,7 @@ def _epoch_line(r:dict) -> str:
 
 def _write_json(obj, path:Path):
     "Write `obj` as indented JSON, atomically."
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1))
 
 def _duration(seconds:float) -> str:
     "A rough duration for people: 'under a second', 'about 40 s', 'about 3 min', 'about 2.5 h'."
@@ -45,14 +39,12 @@ def _duration(seconds:float) -> str:
 # %% ../nbs/04_cli.ipynb #cb000001
 def _check_tensorboard():
     "`ValueError` (one line on the command line) when --tensorboard cannot write: the tensorboard package is missing."
-    from vae_nb.monitor import _summary_writer
     try: _summary_writer()
     except ModuleNotFoundError as e: raise ValueError(f"--tensorboard: {e}") from None
 
 def _callbacks(tensorboard:bool, run, out:Path, every:int, x_shown) -> list:
     "`fit`'s callbacks for --tensorboard: the health monitor (on the validation images, else the test ones), then the logger."
     if not tensorboard: return []
-    from vae_nb.monitor import HealthMonitor, TensorBoardLogger
     watched = run.test_dl if run.valid_dl is None else run.valid_dl
     return [HealthMonitor(watched, after_epoch=max(1, run.settings['kl_warmup']), n=1000),
             TensorBoardLogger(out/'tensorboard', every=every, images=x_shown, seed=run.settings['seed'])]
@@ -98,14 +90,7 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
                  tensorboard:bool=False, # write TensorBoard event files (scalars, health, image grids) to OUT/tensorboard
                 ):
     "Train a VAE; write its checkpoint, image grids and metrics; print the test ELBO and log-likelihood."
-    import torch
-    from vae_nb import run as R, data
-    from vae_nb.dist import distributed_info, finish_distributed
-    from vae_nb.train import fit, evaluate
-    from vae_nb.viz import save_samples, save_reconstructions
-    from vae_nb.checkpoint import best_path, load_checkpoint, load_weights
-    from vae_nb.hub import _exit, _one_line
-    t0 = time.perf_counter()                                              # after the imports, as before they moved here
+    t0 = time.perf_counter()
     R.check_flags(epochs=epochs, device=device, k=k, every=every, threads=threads, workers=workers, root=root,
                   cache_dir=cache_dir)
     if tensorboard: _check_tensorboard()                                 # before any work
@@ -138,10 +123,10 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
         _write_json(dict(metrics, history=history), out/'metrics.json')
 
     again = f"vae_nb_train --resume {ckpt} --epochs {epochs}"
-    try: history = fit(model, run.train_dl, test_dl=run.test_dl, epochs=epochs, device=dev, checkpoint=ckpt,
-                       resume=plan.resume, progress=bars, on_epoch_end=on_epoch_end, settings=s, overwrite=overwrite,
-                       compile=compile, valid_dl=run.valid_dl, callbacks=_callbacks(tensorboard, run, out, every, x_shown),
-                       **R.fit_arguments(s))
+    try: history = train.fit(model, run.train_dl, test_dl=run.test_dl, epochs=epochs, device=dev, checkpoint=ckpt,
+                             resume=plan.resume, progress=bars, on_epoch_end=on_epoch_end, settings=s, overwrite=overwrite,
+                             compile=compile, valid_dl=run.valid_dl, callbacks=_callbacks(tensorboard, run, out, every, x_shown),
+                             **R.fit_arguments(s))
     except data.DataLoaderError as e:                                     # a worker killed, a file gone: the run can go on
         hint = f"; to continue from the last checkpoint, run: {again}" if ckpt.exists() else ''
         raise ValueError(f"{_one_line(e)}{hint}") from None
@@ -156,7 +141,7 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
     n, seconds = R.evaluation_estimate(model, run.test_dl, k)
     if main: print(f"vae_nb_train: scoring the test log-likelihood with K={k:,} importance samples for each of {n:,} images "
                    f"({_duration(seconds)})", file=sys.stderr, flush=True)
-    test = evaluate(model, run.test_dl, k=k, seed=s['seed'], progress=main)     # every process scores its part; lines in a log
+    test = train.evaluate(model, run.test_dl, k=k, seed=s['seed'], progress=main)  # every process scores its part; lines in a log
     test.update(bits_per_dim=model.bits_per_dim(test['log_likelihood']), checkpoint=scored.name, epoch=epoch,
                 weights='raw' if s['ema'] is None else 'ema')
     t2 = time.perf_counter()
@@ -189,15 +174,11 @@ def vae_nb_eval(checkpoint:str, # a checkpoint written by vae_nb_train (or fit)
                 raw:bool=False, # score the raw weights, not their moving average (when the checkpoint keeps one)
                ):
     "Print the ELBO and importance-sampled log-likelihood of a checkpoint's model: the last line of stdout is JSON."
-    import torch
-    from vae_nb import run as R
-    from vae_nb.dist import distributed_info, finish_distributed
-    from vae_nb.train import evaluate
     R.check_flags(k=k, n=n, split=split, seed=seed, device=device, threads=threads)
     if threads: torch.set_num_threads(threads)
     model, dl, s = R.load_run(checkpoint, dataset, split, batch_size, device, root, workers, cache_dir, ema=not raw)
     main = distributed_info().main
-    r = evaluate(model, dl, k=k, n=n, seed=seed, progress=main)          # under torchrun: each process scores its part
+    r = train.evaluate(model, dl, k=k, n=n, seed=seed, progress=main)    # under torchrun: each process scores its part
     finish_distributed()
     if main: print(json.dumps(dict(elbo=r['elbo'], log_likelihood=r['log_likelihood'],
                                    bits_per_dim=model.bits_per_dim(r['log_likelihood']), likelihood=model.likelihood,
@@ -218,16 +199,13 @@ def vae_nb_sample(checkpoint:str, # a checkpoint written by vae_nb_train (or fit
                   raw:bool=False, # sample the raw weights, not their moving average (when the checkpoint keeps one)
                  ):
     "Write a PNG grid of images sampled from a checkpoint's model."
-    from vae_nb import run as R
-    from vae_nb.checkpoint import load_model
-    from vae_nb.dist import resolve_device
-    from vae_nb.viz import save_samples
     R.check_flags(checkpoint=checkpoint, n=n, seed=seed, out=out, device=device)
     if n > MAX_GRID: raise ValueError(f"n: expected at most {MAX_GRID:,} images in one grid, got {n:,}; "
                                       "run the command several times with other --seed values")
     path = R.check_image_out(out, overwrite)
     model = load_model(checkpoint, resolve_device(device), ema=not raw)
-    tmp = path.with_name(f".{path.name}.tmp")
+    remove_stale_temporaries(path)                                       # a killed writer's leftovers
+    tmp = temporary_name(path)                                           # save_samples writes to a path, not to a file
     try: os.replace(save_samples(model, tmp, n, seed), path)
-    finally: tmp.unlink(missing_ok=True)
+    except BaseException: tmp.unlink(missing_ok=True); raise
     print(path)

@@ -20,7 +20,8 @@ from .model import VAE
 from .data import DATASETS, DataLoaderError
 from .dist import resolve_device, distributed_info
 from .checkpoint import load_checkpoint, load_model
-from .checkpoint import _config_keys, _fsync_dir, _tmp_name, remove_stale_temporaries
+from .checkpoint import _config_keys
+from .files import temporary_name, fsync_dir, remove_stale_temporaries
 
 # %% ../nbs/03c_hub.ipynb #859add8d
 CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = 'config.json', 'model.safetensors', 'README.md'
@@ -140,7 +141,7 @@ def _write_files(folder:Path, # created if needed
     try:
         for name, data in files.items():
             remove_stale_temporaries(folder/name)
-            tmps[name] = _tmp_name(folder/name)
+            tmps[name] = temporary_name(folder/name)
             with open(tmps[name], 'xb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
         for name, tmp in tmps.items(): os.replace(tmp, folder/name)
     except BaseException as e:
@@ -152,7 +153,7 @@ def _write_files(folder:Path, # created if needed
             msg = f"{os.strerror(e.errno).lower()} while writing {folder}; the files there are as they were"
             raise OSError(e.errno, msg) from None
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 # %% ../nbs/03c_hub.ipynb #63e1899a
 def save_pretrained(model:VAE, # a VAE with the default networks
