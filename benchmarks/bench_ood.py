@@ -11,6 +11,9 @@ Regret: `regret_score(batch_size=64)` on 64 images (B encoder copies as batched 
 against `regret_score(batched=False)` (a fresh encoder copy and Adam per image, as the reference code does) on
 `--loop_images` images; both with 100 steps (`--steps`), run in turn `--repeats` times in this one process; the
 speed-up is the median over the repeats of the ratio of CPU seconds per image (loop / batched).
+The regret's arithmetic is counted with `torch.utils.flop_counter` (the FLOPs of one image's regret at `--steps`), and
+set against a matrix-product peak measured in the same process (1024×1024 `torch.mm`, best of 5): the loop's and the
+batch's GFLOP/s say how close each is to what this CPU can do, and so what speed-up is possible at all.
 Nothing here is asserted by the tests; `--smoke` runs every part at tiny sizes.
 """
 import argparse, json, os, sys, time
@@ -25,6 +28,21 @@ def timed(f):
     w, c = time.perf_counter(), time.process_time()
     r = f()
     return r, time.perf_counter() - w, time.process_time() - c
+
+def regret_flops(model, x1, steps):
+    "FLOPs of one image's regret with `steps` Adam steps (two ELBO estimates of 16 draws, and the steps), counted by torch."
+    from torch.utils.flop_counter import FlopCounterMode
+    def count(n):
+        with FlopCounterMode(display=False) as fc: regret_score(model, x1, steps=n, batched=False)
+        return fc.get_total_flops()
+    f0, f1 = count(0), count(1)
+    return f0 + steps * (f1 - f0), f1 - f0
+
+def matmul_peak(n=1024, repeats=5):
+    "GFLOP/s of the best of `repeats` n×n float32 matrix products, in this process."
+    a, b = torch.randn(n, n), torch.randn(n, n); a @ b
+    best = min(timed(lambda: a @ b)[1] for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,18 +67,25 @@ def main():
     _, w, c = timed(lambda: log_likelihood_score(model, x, k=a.k, generator=g)); record('log_likelihood', len(x), w, c, k=a.k)
     _, w, c = timed(lambda: likelihood_ratio_score(model, background, x, k=a.k, generator=g)); record('likelihood_ratio', len(x), w, c, k=a.k)
     _, w, c = timed(lambda: complexity_score(model, x, k=a.k, generator=g)); record('complexity', len(x), w, c, k=a.k)
+    per_image, per_step = regret_flops(model, x[:1], a.steps)
+    peak = matmul_peak()
+    print(json.dumps(dict(regret_gflop_per_image=round(per_image / 1e9, 3), regret_mflop_per_image_step=round(per_step / 1e6, 1),
+                          matmul_peak_gflops=round(peak, 1), threads=a.threads)), flush=True)
     xl, ratios = x[:a.loop_images], []
     for rep in range(a.repeats):                                     # interleaved: batched, loop, batched, loop, ...
         _, w, c = timed(lambda: regret_score(model, x, steps=a.steps, batch_size=a.batch, generator=g))
-        record('regret (batched)', len(x), w, c, steps=a.steps, batch_size=a.batch, repeat=rep)
+        record('regret (batched)', len(x), w, c, steps=a.steps, batch_size=a.batch, repeat=rep,
+               gflops=round(per_image * len(x) / c / 1e9, 1))
         _, w, c = timed(lambda: regret_score(model, xl, steps=a.steps, batched=False, generator=g))
-        record('regret (loop)', len(xl), w, c, steps=a.steps, repeat=rep)
+        record('regret (loop)', len(xl), w, c, steps=a.steps, repeat=rep, gflops=round(per_image * len(xl) / c / 1e9, 1))
         fast, slow = rows[-2], rows[-1]
         ratios.append((fast['images_per_s_cpu'] / slow['images_per_s_cpu'],
                        (fast['images'] / fast['wall_s']) / (slow['images'] / slow['wall_s'])))
     med = lambda v: sorted(v)[len(v) // 2]
     print(json.dumps(dict(regret_speedup_cpu=round(med([r[0] for r in ratios]), 2), regret_speedup_wall=round(med([r[1] for r in ratios]), 2),
                           per_repeat_cpu=[round(r[0], 2) for r in ratios], repeats=a.repeats, threads=a.threads,
+                          matmul_peak_gflops=round(peak, 1), loop_share_of_peak=round(rows[-1]['gflops'] / peak, 2),
+                          batched_share_of_peak=round(rows[-2]['gflops'] / peak, 2),
                           torch=torch.__version__)), flush=True)
 
 if __name__ == '__main__': main()

@@ -7,7 +7,7 @@ __all__ = ['SCORES', 'perturb', 'log_likelihood_score', 'likelihood_ratio_score'
            'ood_metrics', 'ood_score', 'vae_nb_score']
 
 # %% ../nbs/07_ood.ipynb #c76994b6
-import copy, json, math, os, sys, time
+import copy, csv, io, json, math, os, sys, time
 from pathlib import Path
 from typing import Callable, Optional
 import numpy as np
@@ -16,9 +16,14 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 from fastcore.script import call_parse
+from torchvision.io import encode_png
+from tqdm.auto import tqdm
 from .checks import check_int, check_positive, check_tensor
 from .distributions import BINS, DiagonalGaussianDistribution, bin_centre
 from .model import VAE, evaluating
+from .datasets import DATASETS, get_datasets
+from .checkpoint import load_model
+from .files import atomic_write
 
 # %% ../nbs/07_ood.ipynb #3ee05cf5
 def perturb(x:Tensor, # images in [-1, 1], any shape
@@ -72,7 +77,6 @@ def likelihood_ratio_score(model:VAE, # the model trained on the data
 def png_bits(x:Tensor, # images in [-1, 1], (N, C, S, S), C = 1 or 3
             ) -> Tensor: # L(x) in bits, (N,), float64
     "The length in bits of each image, back on its 8-bit grid, compressed losslessly by PNG at level 9."
-    from torchvision.io import encode_png
     check_tensor('x', x, (None, None, None, None), finite=False)
     u8 = ((x.detach().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)       # (N, C, S, S)
     return torch.tensor([8.0 * len(encode_png(xi, compression_level=9)) for xi in u8], dtype=torch.float64)
@@ -122,34 +126,56 @@ def _copiable(m:nn.Module) -> bool:
                     or isinstance(l, nn.Linear) or not any(True for _ in l.parameters()))
     return isinstance(m, nn.Sequential) and not any(True for _ in m.buffers()) and all(ok(l) for l in _layers(m))
 
+class _CopiesAffine(torch.autograd.Function):
+    "h_b = W_b U_b (+ c_b) for every copy b; the backward pass writes dL/dW_b and dL/dc_b into fixed buffers (the weights' `.grad`)."
+    @staticmethod
+    def forward(ctx, u, w, c, gw, gc):                                                   # (B, n, L), (B, m, n), (B, m) or None, grads alike
+        ctx.save_for_backward(u, w); ctx.grads = (gw, gc)
+        return torch.bmm(w, u) if c is None else torch.baddbmm(c[:, :, None], w, u)       # (B, m, L)
+    @staticmethod
+    def backward(ctx, g):                                                                # g: (B, m, L)
+        u, w = ctx.saved_tensors; gw, gc = ctx.grads
+        torch.bmm(g, u.transpose(1, 2), out=gw)                                          # written in place: no new 100 MB tensor per step
+        if gc is not None: torch.sum(g, dim=2, out=gc)
+        return (torch.bmm(w.transpose(1, 2), g) if ctx.needs_input_grad[0] else None), None, None, None, None
+
 def _copies_forward(layers:list, # the leaf modules of the encoder, from _layers
-                    params:list, # per layer, its parameters stacked B times (weight (B, ...), bias (B, ...)); [] for none
+                    params:list, # per layer, its parameters stacked B times (weight (B, ...), bias (B, ...)), each with a .grad buffer; [] for none
                     x:Tensor, # images, (B, C, S, S): image b goes through copy b
                    ) -> Tensor: # (B, ...) the copies' outputs
     "B copies of a stack of layers at once: convolutions and linear layers as batched matrix products over the stacked weights."
     h, B = x, len(x)
     for l, ps in zip(layers, params):
-        if isinstance(l, nn.Conv2d):
-            w, b = ps[0], (ps[1] if l.bias is not None else None)
-            side = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip(h.shape[2:], l.kernel_size, l.stride, l.padding, l.dilation)]
-            u = F.unfold(h, l.kernel_size, l.dilation, l.padding, l.stride)                # (B, C_in·k², L)
-            h = torch.bmm(w.flatten(2), u) if b is None else torch.baddbmm(b[:, :, None], w.flatten(2), u)   # (B, C_out, L)
-            h = h.view(B, -1, *side)                                                     # (B, C_out, S', S')
-        elif isinstance(l, nn.Linear):
-            w, b = ps[0], (ps[1] if l.bias is not None else None)
-            h = (torch.bmm(w, h[:, :, None]) if b is None else torch.baddbmm(b[:, :, None], w, h[:, :, None]))[..., 0]   # (B, out)
+        if isinstance(l, (nn.Conv2d, nn.Linear)):
+            w, c = ps[0], (ps[1] if l.bias is not None else None)
+            gc = None if c is None else c.grad
+            if isinstance(l, nn.Conv2d):
+                side = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip(h.shape[2:], l.kernel_size, l.stride, l.padding, l.dilation)]
+                u = F.unfold(h, l.kernel_size, l.dilation, l.padding, l.stride)            # (B, C_in·k², L)
+                h = _CopiesAffine.apply(u, w.flatten(2), c, w.grad.flatten(2), gc).view(B, -1, *side)   # (B, C_out, S', S')
+            else: h = _CopiesAffine.apply(h[:, :, None], w, c, w.grad, gc)[..., 0]         # (B, out)
         else: h = l(h)                                                                   # parameter-free, per image
     return h
 
 
 # %% ../nbs/07_ood.ipynb #fc2c4611
+_DECODE_CHUNK = 8  # images per decoder call in the batched regret: a categorical's logits are 1 MB per 32×32 image
+
+def _elbo_chunked(model:VAE, h:Tensor, x:Tensor, eps:Tensor) -> Tensor:
+    "`_elbo` without gradients, one draw and `_DECODE_CHUNK` images per decoder call (small tensors: reused memory)."
+    n, B = eps.shape[:2]
+    return torch.stack([torch.cat([_elbo(model, h[i:i + _DECODE_CHUNK], x[i:i + _DECODE_CHUNK], eps[j:j + 1, i:i + _DECODE_CHUNK])
+                                   for i in range(0, B, _DECODE_CHUNK)]) for j in range(n)]).mean(0)
+
 def _regret_batch(model:VAE, x:Tensor, train_eps:Tensor, eval_eps:Tensor, lr:float, weight_decay:float) -> Tensor:
     "Regret of each image of x (B, C, S, S) at once: B encoder copies stacked (batched matrix products, else vmap), one Adam on the stack."
     B, enc = len(x), model.encoder
-    if _copiable(enc):
+    copies = _copiable(enc)
+    if copies:
         layers = _layers(enc)
         params = [[p.detach().expand(B, *p.shape).clone().requires_grad_() for p in l.parameters()] for l in layers]
         flat = [p for ps in params for p in ps]
+        for p in flat: p.grad = torch.zeros_like(p)                                      # filled in place by _CopiesAffine at every step
         run = lambda xb: _copies_forward(layers, params, xb)                             # (B, C, S, S) -> (B, 2·z_dim)
     else:
         stacked = {n: p.detach().expand(B, *p.shape).clone().requires_grad_() for n, p in enc.named_parameters()}
@@ -157,12 +183,16 @@ def _regret_batch(model:VAE, x:Tensor, train_eps:Tensor, eval_eps:Tensor, lr:flo
         def encode(params, xb): return functional_call(enc, (params, buffers), (xb[None],))[0]   # one image -> (2·z_dim,)
         flat, vrun = list(stacked.values()), vmap(encode)
         run = lambda xb: vrun(stacked, xb)
-    with torch.no_grad(): before = _elbo(model, enc(x), x, eval_eps)
+    with torch.no_grad(): before = _elbo_chunked(model, enc(x), x, eval_eps)
     opt = torch.optim.Adam(flat, lr=lr, weight_decay=weight_decay, fused=True)             # one pass over B copies' moments
     for eps in train_eps:                                                                # (B, z_dim) per step
-        loss = -_elbo(model, run(x), x, eps[None]).sum()
-        opt.zero_grad(); loss.backward(); opt.step()
-    with torch.no_grad(): return _elbo(model, run(x), x, eval_eps) - before
+        if not copies: opt.zero_grad()
+        h = run(x)                                                                       # (B, 2·z_dim), through the copies
+        hd = h.detach().requires_grad_()
+        for i in range(0, B, _DECODE_CHUNK):                                             # the decoder in chunks: dL/dh, row by row
+            (-_elbo(model, hd[i:i + _DECODE_CHUNK], x[i:i + _DECODE_CHUNK], eps[None, i:i + _DECODE_CHUNK]).sum()).backward()
+        h.backward(hd.grad); opt.step()                                                  # then through the copies, once
+    with torch.no_grad(): return _elbo_chunked(model, run(x), x, eval_eps) - before
 
 
 # %% ../nbs/07_ood.ipynb #ac92b484
@@ -297,7 +327,6 @@ class _UserError(ValueError): "A mistake on the command line: reported in one li
 
 def _images(name:str, model:VAE, split:str, n:Optional[int], root:Optional[str]) -> tuple:
     "The first `n` images (N, C, S, S) of a dataset's split, shaped for `model` (or `_UserError`), and their ids."
-    from vae_nb.data import get_datasets, DATASETS
     folder = name not in DATASETS
     kw = dict(image_size=model.input_size, channels=model.in_channels) if folder else {}
     train, test = get_datasets(name, root=root, **kw)
@@ -315,7 +344,6 @@ def _images(name:str, model:VAE, split:str, n:Optional[int], root:Optional[str])
 # %% ../nbs/07_ood.ipynb #8886069d
 def _progress(total:int, label:str):
     "A tqdm bar on a terminal; elsewhere an object whose `update` prints a line on stderr at every tenth of the way."
-    from tqdm.auto import tqdm
     if sys.stderr.isatty(): return tqdm(total=total, desc=label, unit='img')
     class Lines:
         def __init__(self): self.done, self.shown, self.t0 = 0, 0, time.time()
@@ -328,16 +356,11 @@ def _progress(total:int, label:str):
     return Lines()
 
 def _write_csv(path:Path, rows:list):
-    "Write `set,id,score` rows to `path` atomically (a temporary file in the same folder, then `os.replace`)."
-    import csv
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        with open(tmp, 'w', newline='') as f:
-            w = csv.writer(f); w.writerow(['set', 'id', 'score']); w.writerows(rows)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
+    "Write `set,id,score` rows to `path` atomically (`vae_nb.files.atomic_write`: a temporary file beside it, then a rename)."
+    text = io.StringIO(newline='')
+    w = csv.writer(text); w.writerow(['set', 'id', 'score']); w.writerows(rows)
+    atomic_write(path, text.getvalue())
+
 
 # %% ../nbs/07_ood.ipynb #1cc8c430
 @call_parse
@@ -373,7 +396,6 @@ def vae_nb_score(checkpoint:str, # a checkpoint written by vae_nb_train (or fit)
         dest = Path(out)
         if dest.exists() and not overwrite: raise _UserError(f"--out: {dest} exists; pass --overwrite to replace it")
         if threads: torch.set_num_threads(threads)
-        from vae_nb.checkpoint import load_model
         model = load_model(checkpoint, device)
         bg = None if background is None else load_model(background, model.device)
         if bg is not None and (bg.in_channels, bg.input_size) != (model.in_channels, model.input_size):
