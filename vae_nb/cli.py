@@ -6,17 +6,35 @@
 __all__ = ['MAX_GRID', 'vae_nb_train', 'vae_nb_eval', 'vae_nb_sample']
 
 # %% ../nbs/04_cli.ipynb #0120ef3c
-import json, os, shutil, sys, time
+import functools, importlib.util, json, os, shutil, sys, time
 from pathlib import Path
-import torch
 from fastcore.script import call_parse
-from . import data, run as R, train
 from .files import atomic_write, temporary_name, remove_stale_temporaries
-from .dist import distributed_info, finish_distributed, resolve_device
-from .checkpoint import best_path, load_checkpoint, load_model, load_weights
-from .viz import save_samples, save_reconstructions
-from .monitor import HealthMonitor, TensorBoardLogger, _summary_writer
-from .hub import _user_errors, _exit, _one_line
+
+
+# %% ../nbs/04_cli.ipynb #cc1c7cba
+class _Lazy:
+    "A vae_nb module, imported at the first use of one of its names (`importlib.import_module`, then cached by Python)."
+    def __init__(self, name:str): self.name = name
+    def __getattr__(self, attr): return getattr(importlib.import_module(self.name), attr)
+    def __repr__(self): return f"_Lazy({self.name!r})"
+
+# The library, named here once and loaded when a command first uses it: `--help` answers without loading PyTorch.
+cpu, data, R, train, dist, checkpoints, viz, monitor, hub = (_Lazy(f'vae_nb.{m}') for m in (
+    'cpu', 'data', 'run', 'train', 'dist', 'checkpoint', 'viz', 'monitor', 'hub'))
+
+def _user_errors(prog:str, # the command's name, for messages
+                ):
+    "Decorator: `vae_nb.hub._user_errors(prog)` applied when the command runs (one line per user error; Ctrl-C exits 130)."
+    def deco(f):
+        @functools.wraps(f)
+        def _f(*args, **kwargs):
+            try: checked = hub._user_errors(prog)(f)                               # loads the library, PyTorch included
+            except KeyboardInterrupt: print(f"{prog}: interrupted", file=sys.stderr, flush=True); sys.exit(130)
+            return checked(*args, **kwargs)
+        return _f
+    return deco
+
 
 # %% ../nbs/04_cli.ipynb #972e7c72
 def _epoch_line(r:dict) -> str:
@@ -39,15 +57,15 @@ def _duration(seconds:float) -> str:
 # %% ../nbs/04_cli.ipynb #cb000001
 def _check_tensorboard():
     "`ValueError` (one line on the command line) when --tensorboard cannot write: the tensorboard package is missing."
-    try: _summary_writer()
+    try: monitor._summary_writer()
     except ModuleNotFoundError as e: raise ValueError(f"--tensorboard: {e}") from None
 
 def _callbacks(tensorboard:bool, run, out:Path, every:int, x_shown) -> list:
     "`fit`'s callbacks for --tensorboard: the health monitor (on the validation images, else the test ones), then the logger."
     if not tensorboard: return []
     watched = run.test_dl if run.valid_dl is None else run.valid_dl
-    return [HealthMonitor(watched, after_epoch=max(1, run.settings['kl_warmup']), n=1000),
-            TensorBoardLogger(out/'tensorboard', every=every, images=x_shown, seed=run.settings['seed'])]
+    return [monitor.HealthMonitor(watched, after_epoch=max(1, run.settings['kl_warmup']), n=1000),
+            monitor.TensorBoardLogger(out/'tensorboard', every=every, images=x_shown, seed=run.settings['seed'])]
 
 # %% ../nbs/04_cli.ipynb #0df721be
 @call_parse
@@ -94,7 +112,7 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
     R.check_flags(epochs=epochs, device=device, k=k, every=every, threads=threads, workers=workers, root=root,
                   cache_dir=cache_dir)
     if tensorboard: _check_tensorboard()                                 # before any work
-    if threads: torch.set_num_threads(threads)
+    if threads: cpu.set_threads(threads)
     plan = R.plan_run(out, resume, overwrite, dataset=dataset, batch_size=batch_size, lr=lr, seed=seed, n_train=n_train,
                       n_test=n_test, z_dim=z_dim, encoder_features=encoder_features, decoder_features=decoder_features,
                       likelihood=likelihood, beta=beta, kl_warmup=kl_warmup, iwae=iwae, image_size=image_size,
@@ -102,23 +120,23 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
                       skip_grad_norm=skip_grad_norm, warmup_epochs=warmup_epochs, schedule=schedule,
                       precision=precision, patience=patience)
     run = R.build_run(plan, device, root, workers, cache_dir)
-    out, s, model, dev, main = plan.out, run.settings, run.model, run.device, distributed_info().main
+    out, s, model, dev, main = plan.out, run.settings, run.model, run.device, dist.distributed_info().main
     x_shown = R.first_images(run.test_dl, 32).to(dev)                                 # shown reconstructed
     out.mkdir(parents=True, exist_ok=True)
     bars, ckpt = sys.stderr.isatty(), out/'checkpoint.pt'
-    best = best_path(ckpt)
+    best = checkpoints.best_path(ckpt)
     if plan.resume is None:                                              # a fresh run: no best epoch or events of an earlier one
         best.unlink(missing_ok=True); shutil.rmtree(out/'tensorboard', ignore_errors=True)
     shown = {k: v for k, v in s.items() if k != 'split_record'}         # the file list stays in the checkpoint
-    metrics = dict(dataset=s['dataset'], config=plan.config, settings=shown, world_size=distributed_info().world_size,
+    metrics = dict(dataset=s['dataset'], config=plan.config, settings=shown, world_size=dist.distributed_info().world_size,
                    args=dict(epochs=epochs, k=k, device=str(dev), tensorboard=tensorboard), history=[])
 
     def on_epoch_end(model, history):
         r = history[-1]
         if not bars: print(_epoch_line(r), file=sys.stderr, flush=True)
         if r['epoch'] % every == 0 or r['epoch'] == epochs or r.get('stopped_early'):
-            for name, save in (('samples', lambda p: save_samples(model, p, 64, s['seed'])),
-                               ('reconstructions', lambda p: save_reconstructions(model, x_shown, p))):
+            for name, save in (('samples', lambda p: viz.save_samples(model, p, 64, s['seed'])),
+                               ('reconstructions', lambda p: viz.save_reconstructions(model, x_shown, p))):
                 shutil.copyfile(save(out/f"{name}_epoch{r['epoch']:03d}.png"), out/f"{name}.png")
         _write_json(dict(metrics, history=history), out/'metrics.json')
 
@@ -129,13 +147,13 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
                              **R.fit_arguments(s))
     except data.DataLoaderError as e:                                     # a worker killed, a file gone: the run can go on
         hint = f"; to continue from the last checkpoint, run: {again}" if ckpt.exists() else ''
-        raise ValueError(f"{_one_line(e)}{hint}") from None
+        raise ValueError(f"{hub._one_line(e)}{hint}") from None
     stopped = bool(history and history[-1].get('stopped_early'))
     if len(history) < epochs and not stopped:                             # Ctrl-C: fit has said which epoch the checkpoint holds
-        _exit('vae_nb_train', f"interrupted; to continue, run: {again}", 130)
+        hub._exit('vae_nb_train', f"interrupted; to continue, run: {again}", 130)
     scored = best if s['patience'] is not None and best.exists() else ckpt
     if scored == best:                                                    # the best epoch, as its validation ELBO chose it
-        ck = load_checkpoint(best); load_weights(model, ck, best, ema=ck['ema'] is not None)
+        ck = checkpoints.load_checkpoint(best); checkpoints.load_weights(model, ck, best, ema=ck['ema'] is not None)
     epoch = ck['epoch'] if scored == best else history[-1]['epoch']
     t1 = time.perf_counter()
     n, seconds = R.evaluation_estimate(model, run.test_dl, k)
@@ -145,7 +163,7 @@ def vae_nb_train(dataset:str=None, # mnist5k (bundled, offline; the default), mn
     test.update(bits_per_dim=model.bits_per_dim(test['log_likelihood']), checkpoint=scored.name, epoch=epoch,
                 weights='raw' if s['ema'] is None else 'ema')
     t2 = time.perf_counter()
-    finish_distributed()
+    dist.finish_distributed()
     if not main: return
     stop = dict(epoch=history[-1]['epoch'], best_epoch=epoch, patience=s['patience']) if stopped else None
     metrics.update(history=history, test=test, stopped_early=stop, seconds=dict(training=t1 - t0, evaluation=t2 - t1, total=t2 - t0))
@@ -175,11 +193,11 @@ def vae_nb_eval(checkpoint:str, # a checkpoint written by vae_nb_train (or fit)
                ):
     "Print the ELBO and importance-sampled log-likelihood of a checkpoint's model: the last line of stdout is JSON."
     R.check_flags(k=k, n=n, split=split, seed=seed, device=device, threads=threads)
-    if threads: torch.set_num_threads(threads)
+    if threads: cpu.set_threads(threads)
     model, dl, s = R.load_run(checkpoint, dataset, split, batch_size, device, root, workers, cache_dir, ema=not raw)
-    main = distributed_info().main
+    main = dist.distributed_info().main
     r = train.evaluate(model, dl, k=k, n=n, seed=seed, progress=main)    # under torchrun: each process scores its part
-    finish_distributed()
+    dist.finish_distributed()
     if main: print(json.dumps(dict(elbo=r['elbo'], log_likelihood=r['log_likelihood'],
                                    bits_per_dim=model.bits_per_dim(r['log_likelihood']), likelihood=model.likelihood,
                                    k=k, n=r['n'], split=split, dataset=s['dataset'],
@@ -203,9 +221,9 @@ def vae_nb_sample(checkpoint:str, # a checkpoint written by vae_nb_train (or fit
     if n > MAX_GRID: raise ValueError(f"n: expected at most {MAX_GRID:,} images in one grid, got {n:,}; "
                                       "run the command several times with other --seed values")
     path = R.check_image_out(out, overwrite)
-    model = load_model(checkpoint, resolve_device(device), ema=not raw)
+    model = checkpoints.load_model(checkpoint, dist.resolve_device(device), ema=not raw)
     remove_stale_temporaries(path)                                       # a killed writer's leftovers
-    tmp = temporary_name(path)                                           # save_samples writes to a path, not to a file
-    try: os.replace(save_samples(model, tmp, n, seed), path)
+    tmp = temporary_name(path)                                           # viz.save_samples writes to a path, not to a file
+    try: os.replace(viz.save_samples(model, tmp, n, seed), path)
     except BaseException: tmp.unlink(missing_ok=True); raise
     print(path)
