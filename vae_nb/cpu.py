@@ -56,7 +56,11 @@ def use_cpu_threads(model:nn.Module, # the model that will run on the CPU
 # %% ../nbs/00c_cpu.ipynb #405e497d
 _pool, _pool_workers, _pool_lock = None, 0, threading.Lock()
 
-def _one_thread(): torch.set_num_threads(1)      # each worker: one intra-op thread (OpenMP settings are per thread)
+_local = threading.local()   # in_pool: this thread is one of the pool's workers
+
+def _one_thread():
+    "Set up a pool worker: one intra-op thread (OpenMP settings are per thread); its own map_chunks calls run inline."
+    torch.set_num_threads(1); _local.in_pool = True
 
 def _executor(workers:int) -> ThreadPoolExecutor:
     "The shared pool of `workers` threads (made once, remade if the number changes)."
@@ -87,7 +91,7 @@ def map_chunks(f:Callable, # a function of one item, e.g. decoding one chunk of 
               ) -> list: # [f(item) for item in items], in order
     "`[f(i) for i in items]`, spread over worker threads when cores are idle."
     workers = chunk_workers() if workers is None else check_int('workers', workers, minimum=1)
-    if workers == 1: return [f(i) for i in items]
+    if workers == 1 or getattr(_local, 'in_pool', False): return [f(i) for i in items]   # a worker never waits on its own pool
     pool, pending, out = _executor(workers), [], []
     grad = torch.is_grad_enabled()
     def run(i):

@@ -210,10 +210,11 @@ def sample(self:VAE,
 @patch
 def forward(self:VAE, x:Tensor, # images, shape (B, C, S, S), floating point in [-1, 1]
             check:bool=True, # validate x first; False skips it (hot paths)
+            generator:Optional[torch.Generator]=None, # random generator for the posterior sample; None: torch's global one
            ) -> VAEOutput: # (reconstruction, nll, kl); the loss is (nll + kl).mean()
     "Reconstruction (`decode`'s picture of p(x|z), z ~ q(z|x) reparameterised) and the per-example NLL and KL terms."
     q = self.encode(x, check)                                    # q(z|x) over (B, z_dim)
-    z = q.sample()                                               # (B, z_dim), reparameterised
+    z = q.sample(generator=generator)                            # (B, z_dim), reparameterised
     p = self.likelihood_dist(z, check=False)                     # p(x|z) over (B, C, S, S)
     return VAEOutput(image_of(p), p.nll(x, check=False), q.kl())  # (B, C, S, S), (B,), (B,)
 

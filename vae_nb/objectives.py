@@ -4,7 +4,7 @@
 
 # %% ../nbs/02d_objectives.ipynb #ob000006
 from __future__ import annotations
-import copy
+import copy, inspect
 import torch
 from torch import Tensor
 from .model import VAE
@@ -16,15 +16,23 @@ __all__ = ['OBJECTIVES', 'Objective', 'ELBO', 'IWAE']
 # %% ../nbs/02d_objectives.ipynb #7c60fe9a
 class Objective:
     "What `fit` minimises: `objective(model, x, epoch)` -> (per-example loss (B,), dict of per-example terms)."
+    # A subclass whose forward takes a keyword `generator` (a torch.Generator for its random draws) lets `fit` split a
+    # batch over the CPU's idle cores, each part with its own generator; one without it is run whole.
     name = ''
     # numbers of this epoch, passed to `forward` as tensors
     def params(self, epoch:int) -> tuple: return ()
     def forward(self, model:VAE, x:Tensor, *params:Tensor) -> tuple: raise NotImplementedError
-    def __call__(self, model:VAE, x:Tensor, epoch:int=1) -> tuple:
+    def __call__(self, model:VAE, x:Tensor, epoch:int=1, generator:torch.Generator|None=None) -> tuple:
         key = (epoch, x.device)
-        if getattr(self, '_cache', (None,))[0] != key:            # one small tensor per number per epoch
-            self._cache = (key, tuple(torch.tensor(float(p), device=x.device) for p in self.params(epoch)))
-        return self.__dict__.get('_compiled', self.forward)(model, x, *self._cache[1])
+        cache = getattr(self, '_cache', None)
+        if cache is None or cache[0] != key:                       # one small tensor per number per epoch
+            cache = self._cache = (key, tuple(torch.tensor(float(p), device=x.device) for p in self.params(epoch)))
+        kw = {} if generator is None else dict(generator=generator)
+        return self.__dict__.get('_compiled', self.forward)(model, x, *cache[1], **kw)
+    @property
+    def takes_generator(self) -> bool:
+        "Whether `forward` accepts `generator=` (so that a batch can be split, each part drawing from its own generator)."
+        return '_compiled' not in self.__dict__ and 'generator' in inspect.signature(self.forward).parameters
     def compiled(self) -> Objective:
         "A copy whose `forward` goes through `torch.compile`, once."
         c = copy.copy(self); c._compiled = torch.compile(self.forward); return c
@@ -49,8 +57,8 @@ class ELBO(Objective):
                 ): self.beta, self.warmup = check_positive('beta', beta), check_int('warmup', warmup)
     def weight(self, epoch:int) -> float: return self.beta * min(1.0, epoch / self.warmup) if self.warmup else self.beta
     def params(self, epoch:int) -> tuple: return (self.weight(epoch),)
-    def forward(self, model:VAE, x:Tensor, beta:Tensor) -> tuple:
-        _, nll, kl = model(x, check=False)                          # (B,) each
+    def forward(self, model:VAE, x:Tensor, beta:Tensor, generator:torch.Generator|None=None) -> tuple:
+        _, nll, kl = model(x, check=False, generator=generator)     # (B,) each
         return nll + beta * kl, dict(nll=nll, kl=kl)
     def record(self, epoch:int) -> dict: return dict(objective='elbo', beta=self.weight(epoch))
     def to_dict(self) -> dict: return dict(name='elbo', beta=self.beta, warmup=self.warmup)
@@ -61,7 +69,8 @@ class IWAE(Objective):
     name = 'iwae'
     def __init__(self, k:int=5, # importance samples per image; 1 is the ELBO (with a sampled KL)
                 ): self.k = check_int('k', k, minimum=1)
-    def forward(self, model:VAE, x:Tensor) -> tuple: return -model.iw_bound(x, self.k, check=False), {}
+    def forward(self, model:VAE, x:Tensor, generator:torch.Generator|None=None) -> tuple:
+        return -model.iw_bound(x, self.k, check=False, generator=generator), {}
     def record(self, epoch:int) -> dict: return dict(objective='iwae', k=self.k)
     def to_dict(self) -> dict: return dict(name='iwae', k=self.k)
 

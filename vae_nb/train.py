@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_train.ipynb #55191c59
 from __future__ import annotations
-import contextlib, dataclasses, math, os, sys, time, warnings
+import contextlib, dataclasses, functools, math, os, sys, time, warnings
 from pathlib import Path
 from typing import Callable, Iterable
 import torch
@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .model import VAE, evaluating
 from .objectives import Objective, ELBO, IWAE, OBJECTIVES
 from .checks import check_int, check_positive, check_choice
-from .cpu import use_cpu_threads, cpu_cores
+from .cpu import use_cpu_threads, cpu_cores, chunk_workers, map_chunks
 from .dist import (DistInfo, distributed_info, group_info, resolve_device, init_distributed, finish_distributed,
                          barrier, all_sum, gather, same_everywhere, rank_seed, seeded)
 from .checkpoint import (CheckpointError, save_checkpoint, load_checkpoint, load_model, load_weights, check_plain,
@@ -321,6 +321,25 @@ def _autocast(device:torch.device, precision:str):
 
 def _float32(t:Tensor) -> Tensor: return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
+def _can_split(model:VAE, objective:Objective, run:RunState) -> bool:
+    "Whether a step may split its batch over the CPU's idle cores: one process on the CPU, an objective that takes a generator."
+    return model.device.type == 'cpu' and run.ddp is None and run.world_size == 1 and objective.takes_generator
+
+def _split_step(model:VAE, objective:Objective, x:Tensor, epoch:int, parts:int, precision:str, params:list, scale:Tensor) -> tuple:
+    "The batch in `parts` slices at once, on the CPU's worker threads; each parameter's `.grad` = Σ of the slices' gradients of scale·Σ loss."
+    seeds = torch.randint(0, 2 ** 62, (parts,)).tolist()         # drawn from torch's global generator: seeded, and resumed with it
+    xs = x.tensor_split(parts)
+    def part(i):
+        with _autocast(x.device, precision):                     # autocast is per thread: entered in each
+            per, terms = objective(model, xs[i], epoch, generator=torch.Generator().manual_seed(seeds[i]))
+        per = _float32(per)
+        return per.detach(), {k: v.detach() for k, v in terms.items()}, torch.autograd.grad(per.sum() * scale, params, allow_unused=True)
+    out = map_chunks(part, range(parts), workers=parts)
+    for j, p in enumerate(params):                               # summed in the slices' order: the same numbers every run
+        gs = [o[2][j] for o in out if o[2][j] is not None]
+        p.grad = functools.reduce(torch.add, gs) if gs else None
+    return torch.cat([o[0] for o in out]), {k: torch.cat([o[1][k] for o in out]) for k in out[0][1]}
+
 # %% ../nbs/03_train.ipynb #27cac062
 def train_epoch(model:VAE, # the model, on its device; trained in place
                 dl:Iterable, # batches of images x, or pairs (x, y)
@@ -336,6 +355,7 @@ def train_epoch(model:VAE, # the model, on its device; trained in place
     dev, rank, W = model.device, run.rank, run.world_size
     params = [p for p in model.parameters() if p.requires_grad]
     rows, sizes, norms, names, skips, checked, lr = [], [], [], [], 0, 0, opt.param_groups[0]['lr']
+    split = _can_split(model, objective, run)
     for step, batch in enumerate(dl, 1):
         # (B, C, S, S): the step's batch, or this process's own
         x = _images(batch).to(dev, non_blocking=True)
@@ -345,13 +365,19 @@ def train_epoch(model:VAE, # the model, on its device; trained in place
         # (b, C, S, S), b ≈ B/W: this process's part
         if run.split and W > 1: x = x[rank::W]
         x = torch.where(ok, x, torch.zeros((), dtype=x.dtype, device=dev))   # a bad batch is blanked ...
-        with _autocast(dev, run.precision):
-            # (b,), {name: (b,)}
-            per, terms = objective(model, x, epoch) if run.ddp is None else run.ddp(x, objective, epoch)
-        per, names = _float32(per), list(terms)
-        # ... and its gradient is zero; DDP averages W of these
-        loss = (per.mean() if W == 1 else per.sum() * (W / B)) * ok
-        opt.zero_grad(set_to_none=True); loss.backward()
+        parts = min(chunk_workers(), x.shape[0]) if split else 1
+        if parts > 1:                                                # idle CPU cores: the batch's slices at once, one per core
+            opt.zero_grad(set_to_none=True)
+            per, terms = _split_step(model, objective, x, epoch, parts, run.precision, params, ok / B)
+        else:
+            with _autocast(dev, run.precision):
+                # (b,), {name: (b,)}
+                per, terms = objective(model, x, epoch) if run.ddp is None else run.ddp(x, objective, epoch)
+            per = _float32(per)
+            # ... and its gradient is zero; DDP averages W of these
+            loss = (per.mean() if W == 1 else per.sum() * (W / B)) * ok
+            opt.zero_grad(set_to_none=True); loss.backward()
+        names = list(terms)
         lr = opt.param_groups[0]['lr']
         norm, skipped = _update(model, opt, params, run, epoch, step)
         rows.append(torch.stack([per.sum(), *(_float32(t).sum() for t in terms.values()), ok.to(per.dtype)]).detach())
