@@ -25,11 +25,11 @@ cpu, data, R, train, dist, checkpoints, viz, monitor, hub = (_Lazy(f'vae_nb.{m}'
 
 def _user_errors(prog:str, # the command's name, for messages
                 ):
-    "Decorator: `vae_nb.hub._user_errors(prog)` applied when the command runs (one line per user error; Ctrl-C exits 130)."
+    "Decorator: when the command runs, `cpu.keep_freed_memory()` (the process is the command's), then `hub._user_errors(prog)`: one line per user error, Ctrl-C exits 130."
     def deco(f):
         @functools.wraps(f)
         def _f(*args, **kwargs):
-            try: checked = hub._user_errors(prog)(f)                               # loads the library, PyTorch included
+            try: cpu.keep_freed_memory(); checked = hub._user_errors(prog)(f)      # loads the library, PyTorch included
             except KeyboardInterrupt: print(f"{prog}: interrupted", file=sys.stderr, flush=True); sys.exit(130)
             return checked(*args, **kwargs)
         return _f

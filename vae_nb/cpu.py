@@ -4,7 +4,7 @@
 
 # %% ../nbs/00c_cpu.ipynb #c11bd007
 from __future__ import annotations
-import os, threading
+import ctypes, os, threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable
 import torch
@@ -13,8 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from .checks import check_int
 
 # %% auto #0
-__all__ = ['SMALL_MODEL_FLOPS', 'forward_flops', 'cpu_cores', 'cpu_threads', 'set_threads', 'use_cpu_threads',
-           'set_chunk_workers', 'chunk_workers', 'map_chunks']
+__all__ = ['SMALL_MODEL_FLOPS', 'M_TRIM_THRESHOLD', 'M_MMAP_THRESHOLD', 'forward_flops', 'cpu_cores', 'cpu_threads',
+           'set_threads', 'use_cpu_threads', 'set_chunk_workers', 'chunk_workers', 'map_chunks', 'keep_freed_memory']
 
 # %% ../nbs/00c_cpu.ipynb #b1d546bd
 SMALL_MODEL_FLOPS = 30e6  # forward FLOPs per example below which one intra-op thread is as fast as several (see above)
@@ -100,3 +100,17 @@ def map_chunks(f:Callable, # a function of one item, e.g. decoding one chunk of 
         pending.append(pool.submit(run, i))
         if len(pending) >= 2 * workers: out.append(pending.pop(0).result())
     return out + [p.result() for p in pending]
+
+# %% ../nbs/00c_cpu.ipynb #05d83f18
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # glibc's mallopt parameters (malloc.h)
+
+def keep_freed_memory(mmap_threshold:int=64 << 20, # bytes: larger blocks are mapped, and unmapped when freed
+                      trim_threshold:int=256 << 20, # bytes of free heap kept before any is returned to the system
+                     ) -> bool: # whether glibc took both settings (False without glibc, or when the user set them)
+    "Ask glibc's malloc to keep freed memory for reuse (`mallopt`): fewer page faults when every step allocates the same tensors."
+    check_int('mmap_threshold', mmap_threshold, minimum=0); check_int('trim_threshold', trim_threshold, minimum=0)
+    if any(v in os.environ for v in ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_')): return False   # the user's choice
+    try: mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError): return False              # not glibc (macOS, musl, Windows)
+    return mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1 and mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1
+
