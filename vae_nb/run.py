@@ -334,7 +334,7 @@ def evaluation_estimate(model:VAE, # the model, on its device
                         dl, # the loader to be scored
                         k:int, # importance samples per image
                         n:int|None=None, # images to be scored; None: all of dl
-                        probe:int=512, # samples decoded to time it (after one untimed call)
+                        probe:int=2048, # samples decoded to time it (after one untimed call): enough chunks for every worker
                        ) -> tuple: # (images to score, rough seconds on this device, shared by the run's processes)
     "How many images an evaluation with `k` importance samples scores, and about how long it takes."
     x = first_images(dl, 8)
