@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from fastcore.basics import patch
+from fastcore.basics import patch, patch_to
 from .checks import check_tensor, check_choice, check_int
 
 # %% ../nbs/00a_distributions.ipynb #4d9e3c00
@@ -205,15 +205,18 @@ def _bin_log_prob(self:DiscretizedDistribution, k:Tensor) -> Tensor:
     inner = self._log_mass(a, b, bw, log_cdf_b, log_sf_a)
     return torch.where(k == 0, log_cdf_b, torch.where(k == BINS - 1, log_sf_a, inner))
 
+def _check_grid_values(x:Tensor, shape:tuple):
+    "`ValueError` unless x is a tensor of `shape` with values in [-1, 1] (8-bit images scaled, for the grid's distributions)."
+    check_tensor('x', x, shape, finite=False)
+    check_range('x', x, -1, 1, ' (8-bit images scaled to [-1, 1])')
+
 @patch
 def log_prob(self:DiscretizedDistribution,
              x:Tensor, # 8-bit images in [-1, 1] (snapped to the nearest grid value), same shape as loc
              check:bool=True, # validate x's shape and range (one host sync); False on hot paths
             ) -> Tensor: # log P(x) per coordinate, shape of loc
     "Log-probability of each coordinate's grid value."
-    if check:
-        check_tensor('x', x, tuple(self.loc.shape), finite=False)
-        check_range('x', x, -1, 1, ' (8-bit images scaled to [-1, 1])')
+    if check: _check_grid_values(x, tuple(self.loc.shape))
     return self._bin_log_prob(bin_index(x))
 
 # %% ../nbs/00a_distributions.ipynb #1af58d72
@@ -303,15 +306,11 @@ def log_prob(self:CategoricalDistribution,
              check:bool=True, # validate x's shape and range (one host sync); False on hot paths
             ) -> Tensor: # log P(x) per coordinate, shape of x
     "Log-probability of each coordinate's grid value: ℓ_k − logsumexp_j ℓ_j."
-    if check:
-        check_tensor('x', x, tuple(self.logits.shape[:-1]), finite=False)
-        check_range('x', x, -1, 1, ' (8-bit images scaled to [-1, 1])')
+    if check: _check_grid_values(x, tuple(self.logits.shape[:-1]))
     return -F.cross_entropy(self.logits.movedim(-1, 1), bin_index(x), reduction='none')   # classes on dim 1, shape of `x`
 
-@patch
-def nll(self:CategoricalDistribution, x:Tensor, check:bool=True) -> Tensor: # −log P(x) per example in nats, shape (B,)
-    "Negative log-probability per example, summed over all non-batch dims; `x` and `check` as for `log_prob`."
-    return -sum_nonbatch(self.log_prob(x, check))
+# −log P(x) per example, summed over all non-batch dims: the same method as the discretized distributions'
+patch_to(CategoricalDistribution)(DiscretizedDistribution.nll)
 
 # %% ../nbs/00a_distributions.ipynb #cd7e101a
 @patch

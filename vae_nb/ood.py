@@ -18,9 +18,10 @@ from torch.func import functional_call, vmap
 from fastcore.script import call_parse
 from torchvision.io import encode_png
 from tqdm.auto import tqdm
-from .checks import check_int, check_positive, check_tensor
+from .checks import check_choice, check_int, check_positive, check_tensor
 from .distributions import BINS, DiagonalGaussianDistribution, bin_centre
 from .model import VAE, evaluating
+from .cpu import keep_freed_memory, set_threads
 from .datasets import DATASETS, get_datasets
 from .checkpoint import load_model
 from .files import atomic_write
@@ -303,6 +304,14 @@ def ood_metrics(scores_in, # scores of in-distribution images (negatives), (n₋
 # %% ../nbs/07_ood.ipynb #edb850fe
 SCORES = ('log_likelihood', 'likelihood_ratio', 'complexity', 'regret')  # the names `ood_score` and `vae_nb_score` accept
 
+def _check_score(name:str, background, flag:str='') -> str:
+    "`name`, if it is one of SCORES and a background model comes with the likelihood ratio alone; else `ValueError` naming flag+'score' or flag+'background'."
+    check_choice(f'{flag}score', name, SCORES)
+    if (name == 'likelihood_ratio') != (background is not None):
+        raise ValueError(f"{flag}background: the likelihood ratio needs a background model (trained on perturbed images)" if background is None
+                         else f"{flag}background: only the likelihood ratio uses a background model, not {name!r}")
+    return name
+
 def ood_score(name:str, # one of SCORES
               model:VAE, # the trained model
               x:Tensor, # images, (N, C, S, S)
@@ -313,10 +322,7 @@ def ood_score(name:str, # one of SCORES
               generator:Optional[torch.Generator]=None, # random generator for all draws
              ) -> Tensor: # the score of each image, higher = more anomalous, (N,)
     "The score `name` of each image of `x`."
-    if name not in SCORES: raise ValueError(f"score: expected one of {', '.join(SCORES)}; got {name!r}")
-    if (name == 'likelihood_ratio') != (background is not None):
-        raise ValueError("background: the likelihood ratio needs a background model (trained on perturbed images)" if background is None
-                         else f"background: only the likelihood ratio uses a background model, not {name!r}")
+    _check_score(name, background)
     if name == 'regret': return regret_score(model, x, steps=steps, batch_size=batch_size, generator=generator)
     kw = dict(k=k, batch_size=batch_size, generator=generator)
     if name == 'likelihood_ratio': return likelihood_ratio_score(model, background, x, **kw)
@@ -385,17 +391,15 @@ def vae_nb_score(checkpoint:str, # a checkpoint written by vae_nb_train (or fit)
     "Score images with an out-of-distribution score of a checkpoint's model; with --ood, print AUROC, AUPR and FPR95 as JSON."
     try:
         if dataset is None: raise _UserError("--dataset: expected the in-distribution images (a dataset's name or a folder)")
-        if score not in SCORES: raise _UserError(f"--score: expected one of {', '.join(SCORES)}; got {score!r}")
-        if (score == 'likelihood_ratio') != (background is not None):
-            raise _UserError("--background: likelihood_ratio needs the background model's checkpoint" if background is None
-                             else f"--background: only likelihood_ratio uses a background model, not {score}")
+        _check_score(score, background, flag='--')
         if split not in ('train', 'test'): raise _UserError(f"--split: expected train or test; got {split!r}")
         for name, v, lo in (('n', n, 1), ('k', k, 1), ('steps', steps, 0), ('batch_size', batch_size, 1), ('seed', seed, 0),
                             ('n_boot', n_boot, 1), ('threads', threads, 1)):
             if v is not None: check_int(f'--{name}', v, minimum=lo)
         dest = Path(out)
         if dest.exists() and not overwrite: raise _UserError(f"--out: {dest} exists; pass --overwrite to replace it")
-        if threads: torch.set_num_threads(threads)
+        if threads: set_threads(threads)
+        keep_freed_memory()                                  # this process is the command's: reuse freed memory (00c_cpu)
         model = load_model(checkpoint, device)
         bg = None if background is None else load_model(background, model.device)
         if bg is not None and (bg.in_channels, bg.input_size) != (model.in_channels, model.input_size):
