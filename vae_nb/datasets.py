@@ -4,7 +4,7 @@
 
 # %% ../nbs/02b_datasets.ipynb #fad8f21d
 from __future__ import annotations
-import contextlib, importlib.resources, math, os
+import contextlib, gzip, importlib.resources, math, os
 from functools import partial
 from pathlib import Path
 
@@ -118,7 +118,6 @@ _APT = dict(fashion_mnist='dataset-fashion-mnist')                            # 
 def _read_idx(path:Path, # an IDX file of unsigned bytes, gzipped when its name ends in .gz
              )->Tensor: # uint8, the shape the file gives
     "Read an IDX file (two zero bytes, 0x08 for uint8, the number of dimensions, each a big-endian uint32, the bytes)."
-    import gzip
     with (gzip.open if path.suffix == '.gz' else open)(path, 'rb') as f: data = f.read()
     if len(data) < 4 or data[:3] != b'\0\0\x08': raise ValueError(f"{path}: expected an IDX file of unsigned bytes, got {data[:4]!r}")
     ndim = data[3]

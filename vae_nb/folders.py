@@ -5,6 +5,7 @@
 # %% ../nbs/02a_folders.ipynb #fe05d335
 from __future__ import annotations
 import contextlib, hashlib, io, json, os, re, signal, stat, threading, warnings
+from PIL import Image, ImageOps
 from functools import partial
 from pathlib import Path
 
@@ -192,7 +193,6 @@ def _size(data:bytes, # the file's bytes
          )->tuple|None: # (width, height), or None where the header cannot be read
     "An image's size from its header, decoding no pixels: PNG's IHDR directly, the others through Pillow's lazy open."
     if kind == 'png': return (int.from_bytes(data[16:20], 'big'), int.from_bytes(data[20:24], 'big')) if len(data) >= 24 else None
-    from PIL import Image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', Image.DecompressionBombWarning)
@@ -214,7 +214,6 @@ def _pil_decode(data:bytes, # the file's bytes
                 channels:int, # 1 or 3
                )->Tensor: # uint8 (channels, H, W), turned as its EXIF orientation says
     "Decode with Pillow (BMP, TIFF, WebP): the first frame, EXIF orientation applied, converted to grey or RGB."
-    from PIL import Image, ImageOps
     with Image.open(io.BytesIO(data)) as im:
         im.seek(0)
         im = ImageOps.exif_transpose(im)
