@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 from torch import nn, Tensor
 from torchvision.utils import make_grid
+from torchvision.io import write_png
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -121,7 +122,6 @@ def save_grid(x:Tensor, # images in [-1, 1], shape (B, C, H, W), C = 1 or 3
               nrow:int=8, # images per row
              ) -> Path: # the path written
     "Write the `image_grid` of `x` as a PNG file."
-    from torchvision.io import write_png
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     write_png(image_grid(x, nrow), str(path))
     return path
