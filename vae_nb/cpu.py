@@ -14,7 +14,8 @@ from .checks import check_int
 
 # %% auto #0
 __all__ = ['SMALL_MODEL_FLOPS', 'M_TRIM_THRESHOLD', 'M_MMAP_THRESHOLD', 'forward_flops', 'cpu_cores', 'cpu_threads',
-           'set_threads', 'use_cpu_threads', 'set_chunk_workers', 'chunk_workers', 'map_chunks', 'keep_freed_memory']
+           'set_threads', 'chosen_threads', 'use_cpu_threads', 'set_chunk_workers', 'chunk_workers', 'map_chunks',
+           'keep_freed_memory']
 
 # %% ../nbs/00c_cpu.ipynb #b1d546bd
 SMALL_MODEL_FLOPS = 30e6  # forward FLOPs per example below which one intra-op thread is as fast as several (see above)
@@ -38,17 +39,25 @@ def cpu_threads(flops:float, # forward FLOPs per example, e.g. from forward_flop
     return 1 if flops < SMALL_MODEL_FLOPS else cores
 
 # %% ../nbs/00c_cpu.ipynb #26df481c
+_chosen = None   # the number set_threads was given: the user's choice, which use_cpu_threads keeps
+
 def set_threads(threads:int, # intra-op threads, >= 1
                ) -> int: # threads
-    "Set PyTorch's intra-op threads (`torch.set_num_threads`), after checking the number."
-    torch.set_num_threads(check_int('threads', threads, minimum=1))
+    "Set PyTorch's intra-op threads (`torch.set_num_threads`), after checking the number; `use_cpu_threads` then keeps it."
+    global _chosen
+    torch.set_num_threads(check_int('threads', threads, minimum=1)); _chosen = threads
     return threads
+
+def chosen_threads() -> int|None:
+    "The thread count set with `set_threads` (the commands' --threads), or None."
+    return _chosen
 
 def use_cpu_threads(model:nn.Module, # the model that will run on the CPU
                     x:Tensor, # one example as a batch of 1
-                    threads:int|None=None, # the user's choice; None: cpu_threads(forward_flops(model, x)), unless OMP_NUM_THREADS is set
+                    threads:int|None=None, # the user's choice; None: set_threads's, else cpu_threads(forward_flops(model, x)), unless OMP_NUM_THREADS is set
                    ) -> int: # the intra-op threads PyTorch now uses
     "Set PyTorch's intra-op threads for `model`: the user's number, else OMP_NUM_THREADS's, else by the model's size."
+    if threads is None: threads = chosen_threads()
     if threads is None and not os.environ.get('OMP_NUM_THREADS'): threads = cpu_threads(forward_flops(model, x))
     if threads is not None: set_threads(threads)
     return torch.get_num_threads()

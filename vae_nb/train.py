@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .model import VAE, evaluating
 from .objectives import Objective, ELBO, IWAE, OBJECTIVES
 from .checks import check_int, check_positive, check_choice
-from .cpu import use_cpu_threads, cpu_cores, chunk_workers, map_chunks
+from .cpu import use_cpu_threads, cpu_cores, chosen_threads, chunk_workers, map_chunks
 from .dist import (DistInfo, distributed_info, group_info, resolve_device, init_distributed, finish_distributed,
                          barrier, all_sum, gather, same_everywhere, rank_seed, seeded)
 from .checkpoint import (CheckpointError, save_checkpoint, load_checkpoint, load_model, load_weights, check_plain,
@@ -41,7 +41,7 @@ def prepare_model(model:VAE, # the model
     d = resolve_device(device)
     model = model.to(device=d, memory_format=torch.channels_last if d.type == 'cpu' else torch.contiguous_format)
     # the threads are ours to choose unless the user chose them (OMP_NUM_THREADS, or torch.set_num_threads to fewer cores)
-    if d.type == 'cpu' and (threads is not None or torch.get_num_threads() == cpu_cores()):
+    if d.type == 'cpu' and (threads is not None or chosen_threads() is not None or torch.get_num_threads() == cpu_cores()):
         use_cpu_threads(model, torch.zeros(1, model.in_channels, model.input_size, model.input_size, device=d), threads)
     return model
 
