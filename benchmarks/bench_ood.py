@@ -1,7 +1,7 @@
 """Out-of-distribution scores: likelihood regret batched (vmapped encoder copies) against the one-image-at-a-time loop,
 and the time per 1,000 images of each score (issue 17, item 4).
 
-    python benchmarks/bench_ood.py [--checkpoint CKPT] [--threads 1] [--k 100] [--loop_images 4] [--smoke]
+    python benchmarks/bench_ood.py [--checkpoint CKPT] [--threads 1] [--k 100] [--loop_images 4] [--keep_freed_memory] [--smoke]
 
 The model is the Fashion-MNIST one of `nbs/11_anomaly.ipynb` (1x32x32, z_dim 100, categorical likelihood), from
 `--checkpoint` or freshly initialised (the timings do not depend on the weights). The images are random 8-bit ones.
@@ -21,6 +21,7 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 import vae_nb, torch
 from vae_nb.model import VAE
 from vae_nb.checkpoint import load_model
+from vae_nb.cpu import keep_freed_memory
 from vae_nb.ood import log_likelihood_score, likelihood_ratio_score, complexity_score, regret_score
 
 def timed(f):
@@ -50,8 +51,10 @@ def main():
     p.add_argument('--k', type=int, default=100); p.add_argument('--steps', type=int, default=100)
     p.add_argument('--batch', type=int, default=64); p.add_argument('--loop_images', type=int, default=4)
     p.add_argument('--repeats', type=int, default=3); p.add_argument('--smoke', action='store_true')
+    p.add_argument('--keep_freed_memory', action='store_true', help="glibc keeps freed memory, as vae_nb_score's process does (vae_nb.cpu.keep_freed_memory)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.keep_freed_memory: print(json.dumps(dict(keep_freed_memory=keep_freed_memory())), flush=True)
     if a.smoke: a.k, a.steps, a.batch, a.loop_images, a.repeats = 2, 2, 4, 2, 2
     model = load_model(a.checkpoint) if a.checkpoint else VAE(1, 32, z_dim=100, likelihood='categorical').eval()
     background = VAE(**model.config).eval()
