@@ -6,7 +6,7 @@
 __all__ = ['MAX_GRID', 'vae_nb_train', 'vae_nb_eval', 'vae_nb_sample']
 
 # %% ../nbs/04_cli.ipynb #0120ef3c
-import functools, importlib.util, json, math, os, shutil, sys, time
+import functools, importlib.util, json, os, shutil, sys, time
 from pathlib import Path
 from fastcore.script import call_parse
 from .files import atomic_write, temporary_name, remove_stale_temporaries
@@ -60,17 +60,11 @@ def _check_tensorboard():
     try: monitor._summary_writer()
     except ModuleNotFoundError as e: raise ValueError(f"--tensorboard: {e}") from None
 
-def _quiet_epochs(settings:dict, steps_per_epoch:int) -> int:
-    "Epochs without a collapse warning: the KL warm-up's, and with an EMA its horizon of 1/(1 − decay) steps (the average still holds the initial weights)."
-    ema = settings.get('ema')
-    horizon = math.ceil(1 / (1 - ema) / max(1, steps_per_epoch)) if ema else 0
-    return max(1, settings['kl_warmup'], horizon)
-
 def _callbacks(tensorboard:bool, run, out:Path, every:int, x_shown) -> list:
     "`fit`'s callbacks for --tensorboard: the health monitor (on the validation images, else the test ones), then the logger."
     if not tensorboard: return []
     watched = run.test_dl if run.valid_dl is None else run.valid_dl
-    return [monitor.HealthMonitor(watched, after_epoch=_quiet_epochs(run.settings, len(run.train_dl)), n=1000),
+    return [monitor.HealthMonitor(watched, after_epoch=max(1, run.settings['kl_warmup']), n=1000),
             monitor.TensorBoardLogger(out/'tensorboard', every=every, images=x_shown, seed=run.settings['seed'])]
 
 # %% ../nbs/04_cli.ipynb #0df721be

@@ -93,9 +93,11 @@ class HealthMonitor:
         self.after_epoch = check_int('after_epoch', after_epoch)
 
     def collapsed(self, record:dict) -> bool:
-        "Whether `record` (an epoch's, with `active_units`) is a collapse after the warm-up."
+        "Whether `record` (an epoch's, with `active_units`) is a collapse after the warm-up, and after an EMA's horizon."
         active = record.get('active_units', self.min_active)
-        return record.get('epoch', 0) > self.after_epoch and active < self.min_active
+        # an EMA of fewer than 1/(1 − decay) updates still holds much of the initial weights: not yet a verdict
+        young_ema = 'ema_decay' in record and record.get('ema_steps', 0) < 1 / (1 - record['ema_decay'])
+        return record.get('epoch', 0) > self.after_epoch and not young_ema and active < self.min_active
 
     def on_epoch_end(self, model:VAE, record:dict, history:list):
         "Measure; add `active_units` and `kl_per_dim` to `record`; warn if the run has just collapsed."

@@ -563,7 +563,9 @@ def _train_and_score(model, scored, train_dl, valid_dl, test_dl, opt, epoch:int,
         for split, dl in (('valid', valid_dl), ('test', test_dl)):
             if dl is not None: rec[f'{split}_elbo'] = evaluate(scored, dl, across_ranks=run.world_size > 1)['elbo']
         pbar.set_postfix({k: f"{rec[k]:.1f}" for k in ('loss', 'valid_elbo', 'test_elbo') if k in rec})
-    return dict(rec, **objective.record(epoch), world_size=run.world_size, seconds=time.perf_counter() - t0)
+    # with an EMA: its decay and the updates it has averaged (the monitor waits out its horizon, 1/(1 − decay) of them)
+    ema = {} if run.ema is None else dict(ema_decay=run.ema_decay, ema_steps=int(run.ema.n_averaged.item()))
+    return dict(rec, **objective.record(epoch), **ema, world_size=run.world_size, seconds=time.perf_counter() - t0)
 
 class _Objective(torch.nn.Module):
     "`objective(vae, x, epoch)` as the forward pass of a module that holds the VAE: what DDP wraps, so that it sees every use of the weights."
