@@ -16,7 +16,7 @@ from fastcore.basics import patch
 from .model import VAE, evaluating, seeded_generator
 from .checks import check_int, check_positive, check_tensor
 from .dist import group_info
-from .train import _images
+from .evaluate import _images
 from .viz import image_grid, posterior_means, decode_latents
 
 # %% ../nbs/03d_monitor.ipynb #f7f625f9

@@ -18,18 +18,19 @@ from .checks import check_int, check_positive, check_choice
 from .cpu import use_cpu_threads, cpu_cores, chosen_threads, chunk_workers, map_chunks
 from .dist import (DistInfo, distributed_info, group_info, resolve_device, init_distributed, finish_distributed,
                          barrier, all_sum, gather, same_everywhere, rank_seed, seeded)
+from .evaluate import _images, _set_epoch, _n_batches, _splits_batches, evaluate
 from .checkpoint import (CheckpointError, save_checkpoint, load_checkpoint, load_model, load_weights, check_plain,
                                rng_state, set_rng_state, best_path)
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'SCHEDULES', 'prepare_model', 'evaluate', 'NonFiniteLossError', 'RunState', 'SkippedUpdatesError',
-           'train_epoch', 'WarmupCosine', 'fit', 'Objective', 'ELBO', 'IWAE', 'OBJECTIVES', 'DistInfo',
-           'distributed_info', 'rank_seed', 'resolve_device', 'init_distributed', 'finish_distributed',
-           'save_checkpoint', 'load_checkpoint', 'load_model']
+__all__ = ['PRECISIONS', 'SCHEDULES', 'prepare_model', 'NonFiniteLossError', 'RunState', 'SkippedUpdatesError', 'train_epoch',
+           'WarmupCosine', 'fit', 'evaluate', 'Objective', 'ELBO', 'IWAE', 'OBJECTIVES', 'DistInfo', 'distributed_info',
+           'rank_seed', 'resolve_device', 'init_distributed', 'finish_distributed', 'save_checkpoint',
+           'load_checkpoint', 'load_model']
 
 # %% ../nbs/03_train.ipynb #5a1b0c77
-_all_ = ['Objective', 'ELBO', 'IWAE', 'OBJECTIVES', 'DistInfo', 'distributed_info', 'rank_seed', 'resolve_device', 'init_distributed', 'finish_distributed',
-         # importable from here as before they moved to `objectives`, `dist`, `checkpoint`
+_all_ = ['evaluate', 'Objective', 'ELBO', 'IWAE', 'OBJECTIVES', 'DistInfo', 'distributed_info', 'rank_seed', 'resolve_device', 'init_distributed', 'finish_distributed',
+         # importable from here as before they moved to `evaluate`, `objectives`, `dist`, `checkpoint`
          'save_checkpoint', 'load_checkpoint', 'load_model']
 
 # %% ../nbs/03_train.ipynb #b1d47f8e
@@ -44,166 +45,6 @@ def prepare_model(model:VAE, # the model
     if d.type == 'cpu' and (threads is not None or chosen_threads() is not None or torch.get_num_threads() == cpu_cores()):
         use_cpu_threads(model, torch.zeros(1, model.in_channels, model.input_size, model.input_size, device=d), threads)
     return model
-
-# %% ../nbs/03_train.ipynb #a505549e
-def _images(batch) -> Tensor:
-    "The images of a batch: `x` itself, or the first item of an `(x, y)` pair."
-    x = batch[0] if isinstance(batch, (tuple, list)) and len(batch) > 0 else batch
-    if not isinstance(x, Tensor):
-        raise ValueError("batch: expected a tensor of images or a pair (images, labels), got "
-                         f"{type(batch).__name__}"
-                         + (f" of {type(x).__name__}" if x is not batch else ''))
-    return x
-
-# %% ../nbs/03_train.ipynb #7982e9bd
-def _set_epoch(dl, # a loader, with or without `set_epoch`
-               epoch:int, # the epoch about to start, from 0
-              ):
-    "Call `set_epoch(epoch)` on `dl`, or else on its sampler, when it has one."
-    for o in (dl, getattr(dl, 'sampler', None)):
-        if callable(getattr(o, 'set_epoch', None)): return o.set_epoch(epoch)
-
-def _n_batches(dl) -> int|None:
-    "`len(dl)` when the loader knows it (for the progress bar and the schedule), else None."
-    try: return len(dl)
-    except TypeError: return None
-
-# %% ../nbs/03_train.ipynb #96b2c307
-def _loader_world(dl) -> int|None:
-    "How many processes `dl` shards its data for, when it says: its own `world_size`, or its sampler's `num_replicas`."
-    for o in (dl, getattr(dl, 'sampler', None), getattr(dl, 'batch_sampler', None)):
-        for a in ('world_size', 'num_replicas'):
-            v = getattr(o, a, None)
-            if isinstance(v, int) and not isinstance(v, bool): return v
-    return None
-
-def _splits_batches(dl, # a loader
-                    name:str, # its name, for messages
-                    world_size:int, # processes in the run
-                   ) -> bool: # True: `dl` yields global batches that each process takes its part of; False: it shards itself
-    "Whether each process takes its part of every batch of `dl`; raise `ValueError` for a loader that cannot serve this run."
-    w = _loader_world(dl)
-    if w not in (None, 1):
-        if w != world_size:
-            raise ValueError(f"{name}: the loader is sharded over {w} processes, but this run has "
-                             f"{world_size}: build it after "
-                             "the process group starts, or pass a loader of whole batches (each process "
-                             "then takes its part)")
-        return False
-    s = getattr(dl, 'sampler', None)
-    if isinstance(s, torch.utils.data.RandomSampler) and s.generator is None:
-        raise ValueError(f"{name}: a DataLoader with shuffle=True orders each process's data differently "
-                         "(torch's global "
-                         "random state): use an InMemoryLoader, a sampler with set_epoch, or a "
-                         "DistributedSampler")
-    return True
-
-# %% ../nbs/03_train.ipynb #7b5989e0
-_LOG_EVERY_S = 5.0   # seconds between two progress lines in a log
-
-class _Progress:
-    "Progress over `total` units: a tqdm bar on a terminal, a line on stderr every `_LOG_EVERY_S` s in a log, or nothing."
-    def __init__(self, total:int|None, desc:str, mode:bool|str, unit:str='sample'):
-        check_choice('progress', mode, (True, False, 'auto', 'log'))
-        tty = sys.stderr.isatty()
-        self.kind = None if mode is False else 'log' if mode == 'log' or not tty else 'bar'
-        self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False) if self.kind == 'bar' else None
-        self.total, self.desc, self.unit, self.n, self.lines = total, desc, unit, 0, 0
-        self.t0 = self.last = time.monotonic()
-    def update(self, n:int=1):
-        self.n += n
-        if self.bar is not None: self.bar.update(n)
-        elif self.kind == 'log' and time.monotonic() - self.last >= _LOG_EVERY_S: self._line()
-    def _line(self):
-        self.last, elapsed = time.monotonic(), time.monotonic() - self.t0
-        done = f"{self.n:,}/{self.total:,} {self.unit}s" if self.total else f"{self.n:,} {self.unit}s"
-        eta = f", ETA {elapsed * (self.total - self.n) / self.n:.0f} s" if self.total and self.n else ''
-        print(f"{self.desc}: {done}, {elapsed:.0f} s{eta}", file=sys.stderr, flush=True); self.lines += 1
-    def __enter__(self): return self
-    def __exit__(self, *exc):
-        if self.bar is not None: self.bar.close()
-        # a long estimate in a log ends with its total
-        elif self.lines and exc[0] is None: self._line()
-
-# %% ../nbs/03_train.ipynb #2df46ecb
-def _n_images(dl) -> int|None:
-    "How many images `dl` serves, when it knows (an `InMemoryLoader`, a `DataLoader` over a sized dataset), else None."
-    if isinstance(getattr(dl, 'n', None), int): return dl.n
-    try: return len(dl.dataset)
-    except (AttributeError, TypeError): return None
-
-def _log_likelihood_in_slices(model:VAE, x:Tensor, k:int, chunk_size:int|None, pbar,
-                              per_call:int=2**16, # importance samples (images × k) per `log_likelihood` call
-                             ) -> Tensor: # log p(x) estimate with k samples, (B,)
-    "`model.log_likelihood(x, k)` computed in slices of k, advancing `pbar` by the samples done: a long estimate shows its ETA."
-    B, done, total = x.shape[0], 0, None
-    step = max(1, per_call // max(B, 1))
-    while done < k:
-        j = min(step, k - done)
-        # log Σ_j w_j over this slice, (B,)
-        part = model.log_likelihood(x, j, chunk_size=chunk_size) + math.log(j)
-        total = part if total is None else torch.logaddexp(total, part)
-        done += j; pbar.update(B * j)
-    return total - math.log(k)
-
-# %% ../nbs/03_train.ipynb #b64c17b7
-def _samples_arg(k:int|None, K:int|None) -> int|None:
-    "The number of importance samples: `k`, or the older spelling `K` (deprecated, with a warning)."
-    if K is None: return k if k is None else check_int('k', k, minimum=1)
-    if k is not None: raise ValueError(f"k: expected k= (or the deprecated K=), not both; got k={k!r}, "
-                                       f"K={K!r}")
-    warnings.warn("evaluate(K=...) is deprecated: importance samples are k= "
-                  "everywhere", DeprecationWarning, stacklevel=3)
-    return check_int('K', K, minimum=1)
-
-@torch.no_grad()
-def evaluate(model:VAE, # the model, on its device
-             dl:Iterable, # batches of images x, or pairs (x, y)
-             k:int|None=None, # importance samples per image for log p(x); None: ELBO only
-             n:int|None=None, # use only the first n examples; None: all
-             seed:int=0, # seeds the posterior samples; torch's global random state is left as it was
-             progress:bool|str=False, # True/'auto': a bar on a terminal, else a line every 5 s; 'log': lines
-             chunk_size:int|None=None, # importance samples per image decoded at once (VAE.log_likelihood)
-             across_ranks:bool=True, # several processes: each scores its part, the sums are added (all call it)
-             K:int|None=None, # deprecated spelling of k
-            ) -> dict: # means in nats per example: elbo, recon_nll, kl [, log_likelihood, k]; n
-    "Mean ELBO (and importance-sampled log-likelihood) per example over `dl`, in eval mode."
-    k = _samples_arg(k, K)
-    if n is not None: check_int('n', n, minimum=1)
-    rank, W, _ = group_info() if across_ranks else DistInfo(0, 1, 0)
-    # each process scores images rank, rank + W, ... of every batch
-    split = W == 1 or _splits_batches(dl, 'dl', W)
-    if not split and n is not None: raise ValueError("n: expected None with a loader sharded over the "
-                                                     f"processes, got {n}")
-    # images read (all processes' when split), images scored here
-    dev, seen, count = model.device, 0, 0
-    # Σ −log p(x|z), Σ kl, Σ elbo[, Σ log p(x)]
-    sums = torch.zeros(3 if k is None else 4, device=dev)
-    n_images = n or _n_images(dl)
-    # this process's share
-    total = None if n_images is None else -(-n_images // W) * (k or 1)
-    bar = _Progress(total, 'evaluating', progress if rank == 0 else False)
-    with evaluating(model), seeded(rank_seed(seed, rank), dev), bar as pbar:
-        for batch in dl:
-            # (B, C, S, S), every batch
-            x = model.check_images(_images(batch)[:None if n is None else n - seen].to(dev))
-            seen += x.shape[0]
-            # (≈B/W, C, S, S): this process's part
-            if split and W > 1: x = x[rank::W]
-            if len(x):
-                _, nll, kl = model(x, check=False)                                           # (b,) each
-                terms = [nll.sum(), kl.sum(), -(nll + kl).sum()]
-                if k is not None: terms.append(_log_likelihood_in_slices(model, x, k, chunk_size, pbar).sum())
-                else: pbar.update(x.shape[0])
-                sums += torch.stack(terms); count += x.shape[0]
-            if seen == n: break
-    # one exchange: the sums and counts of all processes
-    if W > 1:
-        t = all_sum(torch.cat([sums.double(), torch.tensor([count], dtype=torch.float64, device=dev)]))
-        sums, count = t[:-1], int(t[-1].item())
-    if count == 0: raise ValueError("dl: expected at least one batch of images, got none")
-    res = dict(zip(['recon_nll', 'kl', 'elbo', 'log_likelihood'], (sums / count).tolist()), n=count)
-    return res if k is None else {**res, 'k': k}
 
 # %% ../nbs/03_train.ipynb #d4e5f6a7
 def _objective_of(objective:Objective|None, beta:float|None, kl_warmup:int|None, iwae:int|None) -> Objective:
