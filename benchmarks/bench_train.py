@@ -43,6 +43,29 @@ def fit_speed(model, x, y, device, batch_size=64, epochs=2):
     hist = fit(model, dl, epochs=epochs, device=device, progress=False)
     return len(x) / hist[-1]['seconds']
 
+def cli_fit_speed(x, y, device, batch_size=64, epochs=3):
+    """Images/s of `fit` set up as `vae_nb_train` sets it up (`prepare_model`: channels_last on the CPU, threads by the
+    model's size, so one intra-op thread and the batch split over the cores for the mnist5k model), and the thread count
+    it chose; torch's thread count is restored afterwards."""
+    try: from vae_nb.train import prepare_model
+    except ImportError: return None, None
+    before = torch.get_num_threads()
+    try:
+        model = prepare_model(fresh_model(device), device)
+        threads = torch.get_num_threads()
+        return fit_speed(model, x, y, device, batch_size, epochs), threads
+    finally: torch.set_num_threads(before)
+
+@contextlib.contextmanager
+def blocks_as_written():
+    "Inside the block the decoder's up blocks run as written (upsample, then convolve), not folded (vae_nb.model.UpBlock)."
+    import vae_nb.model as M
+    old = getattr(M, 'FOLD_MIN_SIDE', None)
+    if old is not None: M.FOLD_MIN_SIDE = 10**9
+    try: yield
+    finally:
+        if old is not None: M.FOLD_MIN_SIDE = old
+
 def flops_per_image(model, device, batch_size=64):
     "FLOPs of one training step (forward + backward) and of one forward pass, per image."
     x = torch.rand(batch_size, CONFIG['in_channels'], CONFIG['input_size'], CONFIG['input_size'], device=device) * 2 - 1
@@ -156,17 +179,29 @@ def part_train(device, S, table):
     x, y = train_data(device, S['train_images'])
     ceiling = bare_loop(fresh_model(device), x, sync=sync)
     speed = fit_speed(fresh_model(device), x, y, device)
-    train_flops, fwd_flops = flops_per_image(fresh_model(device), device)
-    peak = matmul_peak(device, n=256 if S['smoke'] else 2048, sync=sync)
+    cli_speed, cli_threads = cli_fit_speed(x, y, device) if device.type == 'cpu' else (None, None)
+    train_flops, fwd_flops = flops_per_image(fresh_model(device), device)          # as run (up blocks folded on the CPU)
+    with blocks_as_written(): model_flops, _ = flops_per_image(fresh_model(device), device)   # the model as written
+    peak = matmul_peak(device, n=256 if S['smoke'] else 2048, sync=sync)          # with this process's threads (all cores)
     r = dict(bare_img_s=ceiling, fit_img_s=speed, fit_over_bare=speed / ceiling,
-             train_mflop_per_img=train_flops / 1e6, fwd_mflop_per_img=fwd_flops / 1e6,
-             achieved_gflops=ceiling * train_flops / 1e9, matmul_gflops=peak / 1e9)
+             train_mflop_per_img=train_flops / 1e6, model_mflop_per_img=model_flops / 1e6, fwd_mflop_per_img=fwd_flops / 1e6,
+             achieved_gflops=ceiling * train_flops / 1e9, matmul_gflops=peak / 1e9, threads=torch.get_num_threads())
     r['fraction_of_peak'] = r['achieved_gflops'] / r['matmul_gflops']
+    if cli_speed:
+        r.update(cli_fit_img_s=cli_speed, cli_threads=cli_threads, cli_gflops=cli_speed * model_flops / 1e9,
+                 cli_gflops_run=cli_speed * train_flops / 1e9)
+        r['cli_fraction'], r['cli_fraction_run'] = r['cli_gflops'] / r['matmul_gflops'], r['cli_gflops_run'] / r['matmul_gflops']
     print(f"### Training, batch 64, mnist5k in memory ({len(x):,} images)\n")
     print(table([r], [('bare_img_s', 'bare loop (img/s)', '{:.0f}'), ('fit_img_s', 'fit (img/s)', '{:.0f}'),
                       ('fit_over_bare', 'fit / bare', '{:.0%}'), ('train_mflop_per_img', 'train MFLOP/img', '{:.1f}'),
                       ('achieved_gflops', 'achieved GFLOP/s', '{:.1f}'), ('matmul_gflops', 'matmul GFLOP/s', '{:.1f}'),
                       ('fraction_of_peak', 'of matmul peak', '{:.0%}')]) + '\n', flush=True)
+    if cli_speed:
+        print(f"`fit` as `vae_nb_train` runs it ({cli_threads} intra-op thread(s), the batch split over the cores when that is 1): "
+              f"**{cli_speed:,.0f} img/s**; with the model's FLOPs as written ({model_flops / 1e6:.1f} MFLOP/img, the up blocks "
+              f"unfolded) {r['cli_gflops']:.1f} GFLOP/s, **{r['cli_fraction']:.0%}** of the {r['threads']}-thread matrix-product "
+              f"peak above; with the FLOPs it executes ({train_flops / 1e6:.1f} MFLOP/img) {r['cli_gflops_run']:.1f} GFLOP/s, "
+              f"{r['cli_fraction_run']:.0%}.\n", flush=True)
     with empty_compile_caches(): rows = [row for B in S['train_batches'] for row in time_variants(device, x, B, S)]
     print(f"### Training step variants (forward, backward, Adam; median of {S['repeat']} passes over {len(x):,} images, variants taking turns)\n")
     print(table(rows, [('variant', 'variant', '{}'), ('B', 'batch', '{}'), ('img_s', 'img/s', '{:.0f}'), ('vs_eager', 'vs eager', '{:.2f}×'),

@@ -128,6 +128,8 @@ def child_pythae(args):
     from pythae.trainers.training_callbacks import TrainingCallback
     sys.path.insert(0, str(REPO))
     from vae_nb.model import VAE                         # the networks: the very modules vae_nb trains
+    if args.pythae_blocks == 'plain':                    # the decoder's up blocks computed as written (upsample, then convolve)
+        import vae_nb.model; vae_nb.model.FOLD_MIN_SIDE = 10**9
     out, work = _protocol(), Path(args.work)
     meta, x, init = _load_work(work)
     if args.threads != 'default': torch.set_num_threads(int(args.threads))
@@ -173,9 +175,9 @@ def child_pythae(args):
 
 # ---------------------------------------------------------------------------------------------------- parent
 class Child:
-    def __init__(self, name, python, work, threads, log, epochs, profile_epoch=None, train_seed=0):
+    def __init__(self, name, python, work, threads, log, epochs, profile_epoch=None, train_seed=0, blocks='same'):
         cmd = [python, str(Path(__file__).resolve()), '--child', name, '--work', str(work), '--threads', str(threads),
-               '--epochs', str(epochs), '--train-seed', str(train_seed)] + ([] if profile_epoch is None else ['--profile-epoch', str(profile_epoch)])
+               '--epochs', str(epochs), '--train-seed', str(train_seed), '--pythae-blocks', blocks] + ([] if profile_epoch is None else ['--profile-epoch', str(profile_epoch)])
         env = dict(ORIGINAL_ENV)          # as the user's shell has it: vae_nb's child sets its own OpenMP policy on import
         self.name, self.log = name, log
         self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
@@ -217,12 +219,15 @@ def prepare(work, n_train, epochs, seed):
     (work / 'meta.json').write_text(json.dumps(meta))
     return meta, x_train, x_test
 
+PYTHAE_BLOCKS = 'same'     # --pythae-blocks
+
 def race(label, pythae_python, work, epochs, vae_threads, pythae_threads, logs, profile_epoch=None, train_seed=0):
     "One round: both children trained `epochs` epochs, released in turn (A B B A ...); per-epoch seconds and losses."
     for f in ('vae_nb.npz', 'pythae.npz'): (work / f).unlink(missing_ok=True)
     shutil.rmtree(work / 'pythae_out', ignore_errors=True)
     kids = {'vae_nb': Child('vae_nb', sys.executable, work, vae_threads, logs['vae_nb'], epochs, profile_epoch, train_seed),
-            'pythae': Child('pythae', pythae_python, work, pythae_threads, logs['pythae'], epochs, profile_epoch, train_seed)}
+            'pythae': Child('pythae', pythae_python, work, pythae_threads, logs['pythae'], epochs, profile_epoch, train_seed,
+                            PYTHAE_BLOCKS)}
     times, losses = {k: [] for k in kids}, {k: [] for k in kids}
     try:
         for e in range(epochs):
@@ -313,6 +318,10 @@ def main(argv=None):
                     "'same' (both at 1 thread, then both at all cores), 'profile' (torch.profiler over the 2nd of 2 epochs at "
                     "each library's own threads; not timed); comma-separated")
     ap.add_argument('--smoke', action='store_true', help="tiny run (256 images, 1 epoch); skips when pythae is missing")
+    ap.add_argument('--pythae-blocks', choices=('same', 'plain'), default='same',
+                    help="'same': pythae trains vae_nb's very modules, whose up blocks run as one transposed convolution on "
+                         "the CPU (vae_nb.model.UpBlock); 'plain': its up blocks run as written, upsampling then convolving, "
+                         "as the same architecture in plain PyTorch would")
     ap.add_argument('--child', choices=('vae_nb', 'pythae'), help=argparse.SUPPRESS)
     ap.add_argument('--work', help=argparse.SUPPRESS)
     ap.add_argument('--threads', default='default', help=argparse.SUPPRESS)
@@ -323,6 +332,7 @@ def main(argv=None):
     if args.child == 'pythae': return child_pythae(args)
     if args.smoke: args.epochs, args.n_train, args.n_test, args.k, args.rounds, args.seeds = 1, 256, 64, 4, 'default', '0'
     seeds = [int(v) for v in args.seeds.split(',')]
+    global PYTHAE_BLOCKS; PYTHAE_BLOCKS = args.pythae_blocks
     tv = pythae_available(args.pythae_python)
     if tv is None:
         print(f"vs_pythae: skipped: pythae is not importable by {args.pythae_python} (pass --pythae-python VENV/bin/python)")
