@@ -43,17 +43,29 @@ def fit_speed(model, x, y, device, batch_size=64, epochs=2):
     hist = fit(model, dl, epochs=epochs, device=device, progress=False)
     return len(x) / hist[-1]['seconds']
 
-def cli_fit_speed(x, y, device, batch_size=64, epochs=3):
-    """Images/s of `fit` set up as `vae_nb_train` sets it up (`prepare_model`: channels_last on the CPU, threads by the
-    model's size, so one intra-op thread and the batch split over the cores for the mnist5k model), and the thread count
-    it chose; torch's thread count is restored afterwards."""
+def cli_fit_speed(x, y, device, batch_size=64, epochs=7, cores=None):
+    """`fit` set up as `vae_nb_train` sets it up (`prepare_model`: channels_last on the CPU, threads by the model's size,
+    so one intra-op thread and the batch split over the cores for the mnist5k model): (images/s of each epoch after the
+    first, the matrix-product peak with `cores` threads measured right after each of those epochs, the threads `fit`
+    used). Pairing each epoch with a peak taken seconds later keeps a shared machine's drift out of their ratio.
+    torch's thread count is restored afterwards."""
     try: from vae_nb.train import prepare_model
-    except ImportError: return None, None
-    before = torch.get_num_threads()
+    except ImportError: return None, None, None
+    before = torch.get_num_threads(); cores = cores or before
+    speeds, peaks = [], []
+    class Paired:
+        def on_epoch_end(self, model, record, history):
+            if record['epoch'] == 1: return                        # the first epoch warms up
+            speeds.append(len(x) / record['seconds'])
+            t = torch.get_num_threads(); torch.set_num_threads(cores)
+            try: peaks.append(matmul_peak(device))
+            finally: torch.set_num_threads(t)
     try:
         model = prepare_model(fresh_model(device), device)
         threads = torch.get_num_threads()
-        return fit_speed(model, x, y, device, batch_size, epochs), threads
+        fit(model, InMemoryLoader(x, y, batch_size=batch_size, shuffle=True), epochs=epochs, device=device, progress=False,
+            callbacks=[Paired()])
+        return speeds, peaks, threads
     finally: torch.set_num_threads(before)
 
 @contextlib.contextmanager
@@ -179,7 +191,8 @@ def part_train(device, S, table):
     x, y = train_data(device, S['train_images'])
     ceiling = bare_loop(fresh_model(device), x, sync=sync)
     speed = fit_speed(fresh_model(device), x, y, device)
-    cli_speed, cli_threads = cli_fit_speed(x, y, device) if device.type == 'cpu' else (None, None)
+    cli_speeds, cli_peaks, cli_threads = (cli_fit_speed(x, y, device, epochs=2 if S['smoke'] else 7) if device.type == 'cpu'
+                                          else (None, None, None))
     train_flops, fwd_flops = flops_per_image(fresh_model(device), device)          # as run (up blocks folded on the CPU)
     with blocks_as_written(): model_flops, _ = flops_per_image(fresh_model(device), device)   # the model as written
     peak = matmul_peak(device, n=256 if S['smoke'] else 2048, sync=sync)          # with this process's threads (all cores)
@@ -187,21 +200,26 @@ def part_train(device, S, table):
              train_mflop_per_img=train_flops / 1e6, model_mflop_per_img=model_flops / 1e6, fwd_mflop_per_img=fwd_flops / 1e6,
              achieved_gflops=ceiling * train_flops / 1e9, matmul_gflops=peak / 1e9, threads=torch.get_num_threads())
     r['fraction_of_peak'] = r['achieved_gflops'] / r['matmul_gflops']
-    if cli_speed:
+    if cli_speeds:
+        fractions = [v * model_flops / q for v, q in zip(cli_speeds, cli_peaks)]   # each epoch against its own peak
+        cli_speed = statistics.median(cli_speeds)
         r.update(cli_fit_img_s=cli_speed, cli_threads=cli_threads, cli_gflops=cli_speed * model_flops / 1e9,
-                 cli_gflops_run=cli_speed * train_flops / 1e9)
-        r['cli_fraction'], r['cli_fraction_run'] = r['cli_gflops'] / r['matmul_gflops'], r['cli_gflops_run'] / r['matmul_gflops']
+                 cli_gflops_run=cli_speed * train_flops / 1e9, cli_peak_gflops=statistics.median(cli_peaks) / 1e9,
+                 cli_fraction=statistics.median(fractions), cli_fraction_range=(min(fractions), max(fractions)),
+                 cli_fraction_run=statistics.median(fractions) * train_flops / model_flops)
     print(f"### Training, batch 64, mnist5k in memory ({len(x):,} images)\n")
     print(table([r], [('bare_img_s', 'bare loop (img/s)', '{:.0f}'), ('fit_img_s', 'fit (img/s)', '{:.0f}'),
                       ('fit_over_bare', 'fit / bare', '{:.0%}'), ('train_mflop_per_img', 'train MFLOP/img', '{:.1f}'),
                       ('achieved_gflops', 'achieved GFLOP/s', '{:.1f}'), ('matmul_gflops', 'matmul GFLOP/s', '{:.1f}'),
                       ('fraction_of_peak', 'of matmul peak', '{:.0%}')]) + '\n', flush=True)
-    if cli_speed:
-        print(f"`fit` as `vae_nb_train` runs it ({cli_threads} intra-op thread(s), the batch split over the cores when that is 1): "
-              f"**{cli_speed:,.0f} img/s**; with the model's FLOPs as written ({model_flops / 1e6:.1f} MFLOP/img, the up blocks "
-              f"unfolded) {r['cli_gflops']:.1f} GFLOP/s, **{r['cli_fraction']:.0%}** of the {r['threads']}-thread matrix-product "
-              f"peak above; with the FLOPs it executes ({train_flops / 1e6:.1f} MFLOP/img) {r['cli_gflops_run']:.1f} GFLOP/s, "
-              f"{r['cli_fraction_run']:.0%}.\n", flush=True)
+    if cli_speeds:
+        lo, hi = r['cli_fraction_range']
+        print(f"`fit` as `vae_nb_train` runs it ({cli_threads} intra-op thread(s), the batch split over the cores when that is 1), "
+              f"{len(cli_speeds)} epochs after a warm-up, each followed by a {r['threads']}-thread matrix-product peak: "
+              f"**{cli_speed:,.0f} img/s** (median), peak {r['cli_peak_gflops']:.1f} GFLOP/s (median). With the model's FLOPs "
+              f"as written ({model_flops / 1e6:.1f} MFLOP/img, the up blocks unfolded): {r['cli_gflops']:.1f} GFLOP/s, "
+              f"**{r['cli_fraction']:.0%}** of the peak (median of the epochs' ratios, {lo:.0%}–{hi:.0%}); with the FLOPs it "
+              f"executes ({train_flops / 1e6:.1f} MFLOP/img): {r['cli_fraction_run']:.0%}.\n", flush=True)
     with empty_compile_caches(): rows = [row for B in S['train_batches'] for row in time_variants(device, x, B, S)]
     print(f"### Training step variants (forward, backward, Adam; median of {S['repeat']} passes over {len(x):,} images, variants taking turns)\n")
     print(table(rows, [('variant', 'variant', '{}'), ('B', 'batch', '{}'), ('img_s', 'img/s', '{:.0f}'), ('vs_eager', 'vs eager', '{:.2f}×'),
