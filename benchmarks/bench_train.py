@@ -37,10 +37,10 @@ def bare_loop(model, x, batch_size=64, sync=None):
     if sync: sync()
     return len(x) / (time.perf_counter() - t)
 
-def fit_speed(model, x, y, device, batch_size=64, epochs=2):
+def fit_speed(model, x, y, device, batch_size=64, epochs=2, callbacks=()):
     "Images/s of `fit` on an in-memory loader (the last epoch: the first warms up)."
     dl = InMemoryLoader(x, y, batch_size=batch_size, shuffle=True)
-    hist = fit(model, dl, epochs=epochs, device=device, progress=False)
+    hist = fit(model, dl, epochs=epochs, device=device, progress=False, callbacks=callbacks)
     return len(x) / hist[-1]['seconds']
 
 def cli_fit_speed(x, y, device, batch_size=64, epochs=7, cores=None):
@@ -63,8 +63,7 @@ def cli_fit_speed(x, y, device, batch_size=64, epochs=7, cores=None):
     try:
         model = prepare_model(fresh_model(device), device)
         threads = torch.get_num_threads()
-        fit(model, InMemoryLoader(x, y, batch_size=batch_size, shuffle=True), epochs=epochs, device=device, progress=False,
-            callbacks=[Paired()])
+        fit_speed(model, x, y, device, batch_size, epochs, callbacks=[Paired()])
         return speeds, peaks, threads
     finally: torch.set_num_threads(before)
 

@@ -219,15 +219,12 @@ def prepare(work, n_train, epochs, seed):
     (work / 'meta.json').write_text(json.dumps(meta))
     return meta, x_train, x_test
 
-PYTHAE_BLOCKS = 'same'     # --pythae-blocks
-
-def race(label, pythae_python, work, epochs, vae_threads, pythae_threads, logs, profile_epoch=None, train_seed=0):
+def race(label, pythae_python, work, epochs, vae_threads, pythae_threads, logs, profile_epoch=None, train_seed=0, blocks='same'):
     "One round: both children trained `epochs` epochs, released in turn (A B B A ...); per-epoch seconds and losses."
     for f in ('vae_nb.npz', 'pythae.npz'): (work / f).unlink(missing_ok=True)
     shutil.rmtree(work / 'pythae_out', ignore_errors=True)
     kids = {'vae_nb': Child('vae_nb', sys.executable, work, vae_threads, logs['vae_nb'], epochs, profile_epoch, train_seed),
-            'pythae': Child('pythae', pythae_python, work, pythae_threads, logs['pythae'], epochs, profile_epoch, train_seed,
-                            PYTHAE_BLOCKS)}
+            'pythae': Child('pythae', pythae_python, work, pythae_threads, logs['pythae'], epochs, profile_epoch, train_seed, blocks)}
     times, losses = {k: [] for k in kids}, {k: [] for k in kids}
     try:
         for e in range(epochs):
@@ -332,7 +329,6 @@ def main(argv=None):
     if args.child == 'pythae': return child_pythae(args)
     if args.smoke: args.epochs, args.n_train, args.n_test, args.k, args.rounds, args.seeds = 1, 256, 64, 4, 'default', '0'
     seeds = [int(v) for v in args.seeds.split(',')]
-    global PYTHAE_BLOCKS; PYTHAE_BLOCKS = args.pythae_blocks
     tv = pythae_available(args.pythae_python)
     if tv is None:
         print(f"vs_pythae: skipped: pythae is not importable by {args.pythae_python} (pass --pythae-python VENV/bin/python)")
@@ -350,17 +346,18 @@ def main(argv=None):
             if what == 'default':
                 for seed in seeds:
                     rounds.append(race(f'own defaults, seed {seed}', args.pythae_python, work, args.epochs, 'default', 'default',
-                                       logs, train_seed=seed))
+                                       logs, train_seed=seed, blocks=args.pythae_blocks))
                     ll[seed] = log_likelihoods(work, meta, x_test, args.k, args.seed)
             elif what == 'profile':
-                profiled = race('profile (not timed)', args.pythae_python, work, 2, 'default', 'default', logs, profile_epoch=2)
+                profiled = race('profile (not timed)', args.pythae_python, work, 2, 'default', 'default', logs, profile_epoch=2,
+                                blocks=args.pythae_blocks)
                 for k in ('vae_nb', 'pythae'):
                     print(f"\n{k}, torch.profiler over epoch 2 of 2 (own default threads, {profiled['threads'][k]}):")
                     print((work / f'{k}_profile.txt').read_text())
             elif what == 'same':
                 for n in sorted({1, cpu_cores()}):
                     rounds.append(race(f'both {n} thread{"s" if n > 1 else ""}', args.pythae_python, work, args.epochs, n, n, logs,
-                                       train_seed=seeds[0]))
+                                       train_seed=seeds[0], blocks=args.pythae_blocks))
             else: raise SystemExit(f"--rounds: expected 'default', 'same' or 'profile', got {what!r}")
         print()
         print(versions(args.pythae_python))
