@@ -13,12 +13,11 @@ __all__ = ['DATASETS', 'MNIST5K_CONFIG', 'BINARIZE', 'dataset_info', 'load_mnist
 # %% ../nbs/02e_data.ipynb #b05ba37c
 from .folders import (INPUT_SIZE, IMAGE_EXTENSIONS, RUN_FILES, MAX_PIXELS, CACHE_FORMAT, CACHE_VERSION,
                             SPLITS, to_model_range, find_images, split_files, load_image, DataLoaderError,
-                            decode_folder, index_folder, ImageFolderDataset, image_folder_datasets,
-                            split_record, check_split_record)
+                            decode_folder, index_folder, ImageFolderDataset, image_folder_datasets)
 from .datasets import (DATASETS, MNIST5K_CONFIG, BINARIZE, dataset_info, load_mnist5k, data_root,
                              ImageDataset, get_datasets, binarize)
 from .loaders import (get_dataloaders, epoch_order, shard, InMemoryLoader, EpochSampler,
-                            StreamingLoader, image_loader)
+                            StreamingLoader, image_loader, split_record, check_split_record)
 from .folders import _tv  # benchmarks/bench_folder.py warms torchvision with it
 _all_ = ['DATASETS', 'MNIST5K_CONFIG', 'BINARIZE', 'dataset_info', 'load_mnist5k', 'data_root',
          'ImageDataset', 'get_datasets', 'binarize', 'INPUT_SIZE', 'IMAGE_EXTENSIONS', 'RUN_FILES',

@@ -14,10 +14,11 @@ from torch import Tensor
 from .checks import check_int, check_choice, describe
 from .dist import distributed_info
 from .datasets import BINARIZE, _DRAWS, _WORKERS, _binarize_once, _generator, _resolve, binarize, get_datasets
-from .folders import DataLoaderError, _check_fraction, _default_workers, _tv, _worker_deaths
+from .folders import SPLITS, DataLoaderError, _check_fraction, _default_workers, _tv, _worker_deaths
 
 # %% auto #0
-__all__ = ['get_dataloaders', 'epoch_order', 'shard', 'InMemoryLoader', 'EpochSampler', 'StreamingLoader', 'image_loader']
+__all__ = ['get_dataloaders', 'epoch_order', 'shard', 'InMemoryLoader', 'EpochSampler', 'StreamingLoader', 'image_loader',
+           'split_record', 'check_split_record']
 
 # %% ../nbs/02c_loaders.ipynb #059e4056
 def _split_sizes(n, # None, an int, (n_train, n_test), or (n_train, n_valid, n_test)
@@ -306,3 +307,41 @@ def image_loader(ds, # an ImageDataset or ImageFolderDataset
     files = getattr(ds, 'files', None)
     dl.files = None if files is None else tuple(files[:dl.n])              # the images it serves, in stored order
     return dl
+
+# %% ../nbs/02c_loaders.ipynb #c0b0b006
+def split_record(train_dl, # a loader from get_dataloaders: its files
+                 test_dl, # likewise
+                 valid_dl=None, # likewise, when there is a valid split
+                )->dict|None: # {'train': [...], 'test': [...], ('valid': [...])}: relative paths, plain data; None for a built-in set
+    "Which files each split serves, as plain data to keep with a run; None when the loaders serve a built-in set."
+    dls = dict(train=train_dl, test=test_dl, **({} if valid_dl is None else dict(valid=valid_dl)))
+    files = {k: getattr(dl, 'files', None) for k, dl in dls.items()}
+    if all(f is None for f in files.values()): return None
+    if any(f is None for f in files.values()): raise ValueError("split_record: expected loaders of one folder, got a mix of folder and built-in set")
+    return {k: list(f) for k, f in files.items()}
+
+def _record_splits(record:dict, source:str)->dict:
+    "`record` as {file: split}, after checking that it is what `split_record` writes."
+    if (not isinstance(record, dict) or not {'train', 'test'} <= set(record) or not set(record) <= set(SPLITS)
+        or not all(isinstance(v, list) and all(isinstance(f, str) for f in v) for v in record.values())):
+        raise ValueError(f"{source}: expected a split record (lists of files under 'train', 'test' and perhaps 'valid'), got {describe(record)}")
+    return {f: s for s, fs in record.items() for f in fs}
+
+def check_split_record(record:dict|None, # what split_record returned when the run began (None: nothing recorded)
+                       train_dl, # today's loaders, from get_dataloaders
+                       test_dl,
+                       source:str, # what the record comes from, e.g. the checkpoint's path: the message starts with it
+                       valid_dl=None, # today's valid loader, when the run has one
+                      ):
+    "Raise `ValueError` in one line when the files of the splits differ from the `record`: how many added, missing and moved, with examples."
+    now = split_record(train_dl, test_dl, valid_dl)
+    if record is None: return
+    if now is None: raise ValueError(f"{source}: the run recorded the files of a folder, but the data now is a built-in set")
+    old, new = _record_splits(record, source), _record_splits(now, source)
+    if {k: list(v) for k, v in record.items()} == now: return
+    added, missing = sorted(set(new) - set(old)), sorted(set(old) - set(new))
+    moved = sorted(f for f in set(old) & set(new) if old[f] != new[f])
+    what = [f"{len(fs)} {how} ({', '.join(fs[:3])}{', ...' if len(fs) > 3 else ''})" for how, fs in
+            (('added', added), ('missing', missing), ('moved between splits', [f"{f}: {old[f]} -> {new[f]}" for f in moved])) if fs]
+    raise ValueError(f"{source}: the data's files are not those the run was split on: {'; '.join(what) or 'the same files in another order'}; "
+                     "restore them, or start a new run")
