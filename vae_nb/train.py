@@ -14,7 +14,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from .model import VAE, evaluating
 from .objectives import Objective, ELBO, IWAE, OBJECTIVES
-from .checks import check_int, check_positive, check_choice
+from .checks import check_int, check_positive, check_choice, all_finite
 from .cpu import use_cpu_threads, cpu_cores, chosen_threads, chunk_workers, map_chunks
 from .dist import (DistInfo, distributed_info, group_info, resolve_device, init_distributed, finish_distributed,
                          barrier, all_sum, gather, same_everywhere, rank_seed, seeded)
@@ -207,7 +207,7 @@ def train_epoch(model:VAE, # the model, on its device; trained in place
         # (B, C, S, S): the step's batch, or this process's own
         x = _images(batch).to(dev, non_blocking=True)
         if step == 1: model.check_images(x)
-        ok = torch.isfinite(x).all()                                 # on the device: no host sync
+        ok = all_finite(x)                                 # on the device: no host sync
         B = x.shape[0] if run.split else x.shape[0] * W              # images in the step, over all processes
         # (b, C, S, S), b ≈ B/W: this process's part
         if run.split and W > 1: x = x[rank::W]
