@@ -496,7 +496,7 @@ def fit(model:VAE, # the model; trained in place, and moved to device
     dev = init_distributed(device, timeout_s)                        # alone: just the device
     if precision == 'bf16' and slow_bf16(dev):
         warnings.warn(f"fit: precision='bf16' on this CPU ({torch.backends.cpu.get_cpu_capability()}, no AVX-512) "
-                      "runs bfloat16 emulated, about 10x slower than 'fp32'; use precision='fp32'", stacklevel=2)
+                      "runs bfloat16 emulated, about 10x slower than 'fp32' (the default)", stacklevel=2)
     rank, W, _ = group_info()
     record = {**(meta or {}), **(settings or {}), 'seed': seed, 'lr': lr, 'objective': objective.to_dict(), **kit, 'world_size': W}
     check_plain(record, 'settings')
