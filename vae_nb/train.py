@@ -214,7 +214,7 @@ def train_epoch(model:VAE, # the model, on its device; trained in place
         # (B, C, S, S): the step's batch, or this process's own
         x = _images(batch).to(dev, non_blocking=True)
         if step == 1: model.check_images(x)
-        ok = all_finite(x)                                 # on the device: no host sync
+        ok = all_finite(x)                                           # on the device: no host sync
         B = x.shape[0] if run.split else x.shape[0] * W              # images in the step, over all processes
         # (b, C, S, S), b ≈ B/W: this process's part
         if run.split and W > 1: x = x[rank::W]
