@@ -10,7 +10,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 from .model import VAE
-from .checks import check_int
+from .checks import check_int, first_nonfinite
 from .dist import resolve_device
 from .files import atomic_write, remove_stale_temporaries, temporary_name as _tmp_name, fsync_dir as _fsync_dir
 
@@ -227,8 +227,8 @@ def load_weights(model:VAE, # the model to load into
     except RuntimeError as e:
         raise CheckpointError(f"{path}: the weights do not fit this model: "
                               f"{str(e).strip().splitlines()[-1].strip()[:200]}") from None
-    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad: raise CheckpointError(f"{path}: the weights hold NaN or inf (first in {bad[0]!r}): the run "
+    bad = first_nonfinite(model.state_dict())
+    if bad: raise CheckpointError(f"{path}: the weights hold NaN or inf (first in {bad!r}): the run "
                                   "diverged before this checkpoint was written")
 
 # %% ../nbs/02f_checkpoint.ipynb #a8ec56a2

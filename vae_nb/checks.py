@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['describe', 'check_int', 'check_positive', 'check_choice', 'all_finite', 'check_tensor', 'check_labels']
+__all__ = ['describe', 'check_int', 'check_positive', 'check_choice', 'all_finite', 'check_tensor', 'first_nonfinite',
+           'check_labels']
 
 # %% ../nbs/00_checks.ipynb #de559f88
 def describe(x) -> str: # "dtype (shape)" for tensors and arrays, else the type's name
@@ -80,6 +81,12 @@ def check_tensor(name:str, # the argument's name, for the message
         raise ValueError(f"{name}: expected dtype {like.dtype} on {like.device}{whose}, got {t.dtype} on {t.device}")
     if finite and not all_finite(t): raise ValueError(f"{name}: expected finite values, got NaN or inf")
     return t
+
+# %% ../nbs/00_checks.ipynb #a3d9f95b
+def first_nonfinite(tensors:dict, # name -> tensor, e.g. a model's state_dict
+                   ) -> str|None: # the first name whose tensor holds NaN or ±inf; None when every tensor is finite
+    "The first entry of `tensors` with a NaN or ±inf value (by `all_finite`), e.g. to refuse the weights of a diverged run."
+    return next((k for k, v in tensors.items() if isinstance(v, Tensor) and not all_finite(v)), None)
 
 # %% ../nbs/00_checks.ipynb #de24fb0b
 def check_labels(y, # the labels to check

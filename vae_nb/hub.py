@@ -21,6 +21,7 @@ from .data import DATASETS, DataLoaderError
 from .dist import resolve_device, distributed_info
 from .checkpoint import load_checkpoint, load_model
 from .checkpoint import _config_keys
+from .checks import first_nonfinite
 from .files import temporary_name, fsync_dir, remove_stale_temporaries
 
 # %% ../nbs/03c_hub.ipynb #859add8d
@@ -39,8 +40,8 @@ def pretrained_config(model:VAE, # a VAE with the default networks
 # %% ../nbs/03c_hub.ipynb #e27b1af1
 def _weights_bytes(model:VAE) -> bytes:
     "The model's `state_dict` as a safetensors file, in memory."
-    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad: raise ValueError(f"model: expected finite weights, got NaN or inf in {bad[0]!r}")
+    bad = first_nonfinite(model.state_dict())
+    if bad: raise ValueError(f"model: expected finite weights, got NaN or inf in {bad!r}")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return safetensors.torch.save(tensors, metadata={'format': 'pt'})
 

@@ -1,0 +1,146 @@
+"""The full run of `nbs/11_anomaly.ipynb`: Fashion-MNIST against MNIST at the literature's scale, on this CPU.
+
+    python tools/ood_run.py [--run ood_run] [--minutes 30] [--score_minutes 15] [--k 10]
+
+Trains the model (Fashion-MNIST's 60,000 training images) and the background model (the same images with a fraction
+0.2 of the pixels replaced by noise) at once, one process per CPU core, each for whole epochs within `--minutes` of
+wall time (an epoch is started only when the last one's time says it ends inside the budget). Then scores, again
+in two processes: one the importance-sampled log p(x) of all 10,000 + 5,000 test images under both models
+(`--k` samples) and their PNG lengths, the other the likelihood regret of a random subset, 64 images of each set in
+turn while `--score_minutes` last. Writes into RUN: main.pt, background.pt (checkpoints, resumable),
+train_main.json, train_background.json (epochs, seconds), scores.npz, and run.json (the settings and timings).
+Every output is written to a temporary name and renamed, so an interrupted run leaves no half-written file.
+A second call on the same RUN continues the training from the checkpoints for `--minutes` more, then scores again.
+"""
+import argparse, json, math, os, subprocess, sys, time
+from pathlib import Path
+
+CONFIG = dict(in_channels=1, input_size=32, z_dim=100, likelihood='categorical')   # Xiao et al.: latent 100, 256-way pixels
+LR, BATCH, MU = 3e-4, 128, 0.2              # their Adam learning rate and batch; the noise fraction of the background
+SEEDS = dict(main=0, background=1)
+
+
+def _atomic_json(path:Path, obj):
+    tmp = path.with_name(path.name + '.tmp'); tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
+
+
+def _one_core():
+    import vae_nb, torch                    # vae_nb first: its OpenMP threads wait without spinning
+    from vae_nb.cpu import set_chunk_workers
+    torch.set_num_threads(1); set_chunk_workers(1)   # one core per process: the two processes share the machine
+
+
+def _data(n:int|None=None):
+    "Fashion-MNIST's training and test images and the mnist5k digits, in [-1, 1]; the first n of each with n (smoke runs)."
+    import torch
+    from vae_nb.data import get_datasets, load_mnist5k, to_model_range
+    train, test = get_datasets('fashion_mnist')
+    a, _, b, _ = load_mnist5k()
+    return train.tfm(train.x[:n]), test.tfm(test.x[:n]), to_model_range(torch.cat([a, b])[:n])
+
+
+def train(run:Path, name:str, minutes:float, n:int|None):
+    "Whole epochs of `name` ('main' or 'background') while they fit in `minutes` more; continues a checkpoint that is there."
+    _one_core()
+    import torch
+    from vae_nb.model import VAE
+    from vae_nb.data import InMemoryLoader
+    from vae_nb.train import fit
+    from vae_nb.ood import perturb
+    x_train, _, _ = _data(n)
+    seed = SEEDS[name]
+    g = torch.Generator().manual_seed(seed)
+    tfm = (lambda xb: perturb(xb, MU, g)) if name == 'background' else None
+    dl = InMemoryLoader(x_train, torch.zeros(len(x_train)), batch_size=BATCH, shuffle=True, seed=seed, tfm=tfm)
+    torch.manual_seed(seed)
+    model, path, t0, times, history = VAE(**CONFIG), run/f'{name}.pt', time.time(), [], []
+    done = 0
+    if path.exists():                       # an earlier run's checkpoint: continue it (the background's noise draws start afresh)
+        from vae_nb.checkpoint import load_checkpoint
+        done = len(load_checkpoint(path)['history'])
+        record = run/f'train_{name}.json'
+        if record.exists(): times = json.loads(record.read_text())['seconds'][:done]
+    while True:
+        if times and time.time() - t0 + times[-1] > minutes * 60: break
+        t = time.time()
+        history = fit(model, dl, epochs=done + 1, lr=LR, device='cpu', seed=seed, progress=False, checkpoint=path,
+                      resume=path if done else None, overwrite=done == 0, settings=dict(run=name))
+        done += 1; times.append(time.time() - t)
+        print(f"{name}: epoch {done} in {times[-1]:.0f} s, loss {history[-1]['loss']:.1f} nats "
+              f"({history[-1]['loss'] / (1024 * math.log(2)):.3f} bits/dim)", flush=True)
+    _atomic_json(run/f'train_{name}.json', dict(epochs=done, seconds=times, budget_minutes=minutes,
+                                                 loss=[h['loss'] for h in history]))
+
+
+def score(run:Path, part:str, k:int, minutes:float, n_max:int, n:int|None):
+    "Scores of the test sets: part 'likelihood' (both models, all images) or 'regret' (subsets, for a time budget)."
+    _one_core()
+    import numpy as np, torch
+    from vae_nb.checkpoint import load_model
+    from vae_nb.ood import log_likelihood_score, png_bits, regret_score
+    _, x_in, x_out = _data(n)
+    g = lambda seed: torch.Generator().manual_seed(seed)
+    model = load_model(run/'main.pt').eval()
+    t0 = time.time()
+    if part == 'likelihood':
+        background = load_model(run/'background.pt').eval()
+        s = dict(k=k, png_in=png_bits(x_in).numpy(), png_out=png_bits(x_out).numpy())
+        for key, m, x, seed in (('ll_in', model, x_in, 0), ('ll_out', model, x_out, 1),
+                                ('bg_in', background, x_in, 2), ('bg_out', background, x_out, 3)):
+            s[key] = log_likelihood_score(m, x, k=k, generator=g(seed)).numpy()
+            print(f"{key}: {len(x)} images in {time.time() - t0:.0f} s", flush=True)
+    else:
+        sub_in = torch.randperm(len(x_in), generator=g(0))[:n_max]      # random subsets, scored 64 at a time in turn
+        sub_out = torch.randperm(len(x_out), generator=g(1))[:n_max]
+        gi, go, r_in, r_out, times = g(10), g(11), [], [], []
+        for i in range(0, n_max, 64):
+            if times and time.time() - t0 + times[-1] > minutes * 60: break
+            t = time.time()
+            r_in.append(regret_score(model, x_in[sub_in[i:i + 64]], generator=gi))
+            r_out.append(regret_score(model, x_out[sub_out[i:i + 64]], generator=go))
+            times.append(time.time() - t)
+            print(f"regret: {i + 64} + {i + 64} images in {time.time() - t0:.0f} s", flush=True)
+        s = dict(regret_in=torch.cat(r_in).numpy(), regret_out=torch.cat(r_out).numpy(),
+                 sub_in=sub_in[:len(r_in) * 64].numpy(), sub_out=sub_out[:len(r_out) * 64].numpy())
+    tmp = run/f'scores_{part}.tmp.npz'; np.savez(tmp, **s); os.replace(tmp, run/f'scores_{part}.npz')
+    _atomic_json(run/f'score_{part}.json', dict(seconds=time.time() - t0))
+
+
+def _both(args:list, stage:str):
+    "Run the two halves of a stage as two processes at once; fail if either fails."
+    procs = [subprocess.Popen([sys.executable, __file__, *args, '--stage', f'{stage}:{p}'])
+             for p in (('main', 'background') if stage == 'train' else ('likelihood', 'regret'))]
+    if any(p.wait() for p in procs): sys.exit(f"ood_run: a {stage} process failed")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--run', default='ood_run', help='folder of the outputs')
+    ap.add_argument('--minutes', type=float, default=30, help='training budget (wall), both models at once')
+    ap.add_argument('--score_minutes', type=float, default=15, help='budget of the regret (wall)')
+    ap.add_argument('--k', type=int, default=10, help='importance samples per image for log p(x)')
+    ap.add_argument('--n_regret', type=int, default=1024, help='at most this many images of each set for the regret')
+    ap.add_argument('--n', type=int, default=None, help=argparse.SUPPRESS)   # smoke runs: the first n images of each set
+    ap.add_argument('--stage', default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    run = Path(a.run); run.mkdir(parents=True, exist_ok=True)
+    if a.stage:
+        kind, part = a.stage.split(':')
+        if kind == 'train': train(run, part, a.minutes, a.n)
+        else: score(run, part, a.k, a.score_minutes, a.n_regret, a.n)
+        return
+    args = ['--run', a.run, '--minutes', str(a.minutes), '--score_minutes', str(a.score_minutes), '--k', str(a.k),
+            '--n_regret', str(a.n_regret)] + ([] if a.n is None else ['--n', str(a.n)])
+    t0 = time.time()
+    _both(args, 'train'); t1 = time.time()
+    _both(args, 'score'); t2 = time.time()
+    import numpy as np
+    s = {**np.load(run/'scores_likelihood.npz'), **np.load(run/'scores_regret.npz')}
+    tmp = run/'scores.tmp.npz'; np.savez(tmp, **s); os.replace(tmp, run/'scores.npz')
+    import torch
+    _atomic_json(run/'run.json', dict(vars(a), train_s=t1 - t0, score_s=t2 - t1, torch=torch.__version__,
+                                      cpu=torch.backends.cpu.get_cpu_capability(), cores=os.cpu_count()))
+    print(f"ood_run: trained {t1 - t0:.0f} s, scored {t2 - t1:.0f} s; wrote {run}/", flush=True)
+
+
+if __name__ == '__main__': main()
