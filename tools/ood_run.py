@@ -11,6 +11,13 @@ turn while `--score_minutes` last. Writes into RUN: main.pt, background.pt (chec
 train_main.json, train_background.json (epochs, seconds), scores.npz, and run.json (the settings and timings).
 Every output is written to a temporary name and renamed, so an interrupted run leaves no half-written file.
 A second call on the same RUN continues the training from the checkpoints for `--minutes` more, then scores again.
+`--bound iwae` scores the regret's gain in the importance-weighted bound instead of the ELBO; `--resize` resizes the
+28×28 images to 32×32 as the reference code does, instead of padding them.
+
+One stage alone, as the notebook's side runs were made (each writes its own scores_*.npz; `merge` joins them):
+
+    python tools/ood_run.py --run R --stage score:regret --bound iwae --sets in --n_regret 576 --score_minutes 60
+    python tools/ood_run.py --run R --stage merge
 """
 import argparse, json, math, os, subprocess, sys, time
 from pathlib import Path
@@ -24,30 +31,36 @@ def _atomic_json(path:Path, obj):
     tmp = path.with_name(path.name + '.tmp'); tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
 
 
-def _one_core():
+def _one_core(workers:int=1):
     import vae_nb, torch                    # vae_nb first: its OpenMP threads wait without spinning
     from vae_nb.cpu import set_chunk_workers
-    torch.set_num_threads(1); set_chunk_workers(1)   # one core per process: the two processes share the machine
+    torch.set_num_threads(1); set_chunk_workers(workers)   # one core per process (the two share the machine) unless told more
 
 
-def _data(n:int|None=None):
-    "Fashion-MNIST's training and test images and the mnist5k digits, in [-1, 1]; the first n of each with n (smoke runs)."
+def _data(n:int|None=None, resize:bool=False):
+    """Fashion-MNIST's training and test images and the mnist5k digits, in [-1, 1], padded to 32×32 with black (as
+    `get_datasets` gives them) or, with `resize`, resized to 32×32 (bilinear, antialiased, back to 8 bits: the reference
+    code's `transforms.Resize(32)`); the first n of each with n (smoke runs)."""
     import torch
+    from torchvision.transforms.functional import resize as _resize
     from vae_nb.data import get_datasets, load_mnist5k, to_model_range
     train, test = get_datasets('fashion_mnist')
     a, _, b, _ = load_mnist5k()
-    return train.tfm(train.x[:n]), test.tfm(test.x[:n]), to_model_range(torch.cat([a, b])[:n])
+    digits = torch.cat([a, b])[:, None]                                     # (5000, 1, 28, 28) uint8
+    if not resize: return train.tfm(train.x[:n]), test.tfm(test.x[:n]), to_model_range(digits[:n])
+    up = lambda x: to_model_range(_resize(x, [32, 32], antialias=True), size=None)   # uint8 in, uint8 grid out
+    return up(train.x[:n]), up(test.x[:n]), up(digits[:n])
 
 
-def train(run:Path, name:str, minutes:float, n:int|None):
+def train(run:Path, name:str, minutes:float, n:int|None, resize:bool=False, workers:int=1):
     "Whole epochs of `name` ('main' or 'background') while they fit in `minutes` more; continues a checkpoint that is there."
-    _one_core()
+    _one_core(workers)
     import torch
     from vae_nb.model import VAE
     from vae_nb.data import InMemoryLoader
     from vae_nb.train import fit
     from vae_nb.ood import perturb
-    x_train, _, _ = _data(n)
+    x_train, _, _ = _data(n, resize)
     seed = SEEDS[name]
     g = torch.Generator().manual_seed(seed)
     tfm = (lambda xb: perturb(xb, MU, g)) if name == 'background' else None
@@ -72,13 +85,13 @@ def train(run:Path, name:str, minutes:float, n:int|None):
                                                  loss=[h['loss'] for h in history]))
 
 
-def score(run:Path, part:str, k:int, minutes:float, n_max:int, n:int|None):
+def score(run:Path, part:str, k:int, minutes:float, n_max:int, n:int|None, bound:str='elbo', sets:str='in,out', resize:bool=False):
     "Scores of the test sets: part 'likelihood' (both models, all images) or 'regret' (subsets, for a time budget)."
     _one_core()
     import numpy as np, torch
     from vae_nb.checkpoint import load_model
     from vae_nb.ood import log_likelihood_score, png_bits, regret_score
-    _, x_in, x_out = _data(n)
+    _, x_in, x_out = _data(n, resize)
     g = lambda seed: torch.Generator().manual_seed(seed)
     model = load_model(run/'main.pt').eval()
     t0 = time.time()
@@ -92,18 +105,36 @@ def score(run:Path, part:str, k:int, minutes:float, n_max:int, n:int|None):
     else:
         sub_in = torch.randperm(len(x_in), generator=g(0))[:n_max]      # random subsets, scored 64 at a time in turn
         sub_out = torch.randperm(len(x_out), generator=g(1))[:n_max]
-        gi, go, r_in, r_out, times = g(10), g(11), [], [], []
+        gi, go, r_in, r_out, times = g(10), g(11), [], [], []       # each set its own generator: the sets may run apart
+        sets = sets.split(',')
         for i in range(0, n_max, 64):
             if times and time.time() - t0 + times[-1] > minutes * 60: break
             t = time.time()
-            r_in.append(regret_score(model, x_in[sub_in[i:i + 64]], generator=gi))
-            r_out.append(regret_score(model, x_out[sub_out[i:i + 64]], generator=go))
+            if 'in' in sets: r_in.append(regret_score(model, x_in[sub_in[i:i + 64]], bound=bound, generator=gi))
+            if 'out' in sets: r_out.append(regret_score(model, x_out[sub_out[i:i + 64]], bound=bound, generator=go))
             times.append(time.time() - t)
-            print(f"regret: {i + 64} + {i + 64} images in {time.time() - t0:.0f} s", flush=True)
-        s = dict(regret_in=torch.cat(r_in).numpy(), regret_out=torch.cat(r_out).numpy(),
-                 sub_in=sub_in[:len(r_in) * 64].numpy(), sub_out=sub_out[:len(r_out) * 64].numpy())
+            print(f"regret ({bound}, {'+'.join(sets)}): {i + 64} images of {'each set' if len(sets) > 1 else 'the set'} "
+                  f"in {time.time() - t0:.0f} s", flush=True)
+        key = 'regret' if bound == 'elbo' else f'regret_{bound}'
+        s = {}
+        if r_in: s.update({f'{key}_in': torch.cat(r_in).numpy(), 'sub_in': sub_in[:len(r_in) * 64].numpy()})
+        if r_out: s.update({f'{key}_out': torch.cat(r_out).numpy(), 'sub_out': sub_out[:len(r_out) * 64].numpy()})
+        part = key + ('' if sets == ['in', 'out'] else '_' + '_'.join(sets))
     tmp = run/f'scores_{part}.tmp.npz'; np.savez(tmp, **s); os.replace(tmp, run/f'scores_{part}.npz')
     _atomic_json(run/f'score_{part}.json', dict(seconds=time.time() - t0))
+
+
+def merge(run:Path):
+    "scores.npz: every scores_*.npz of RUN in one file (the likelihoods, the regret, any other regret run kept there)."
+    import numpy as np
+    s = {}
+    for f in sorted(run.glob('scores_*.npz')):
+        with np.load(f) as part:
+            for k, v in part.items():
+                if k in s and k.startswith('sub_') and not np.array_equal(s[k][:len(v)], v[:len(s[k])]):
+                    sys.exit(f"ood_run: {f.name} scored another subset than the files before it")
+                if k not in s or len(v) > len(s[k]): s[k] = v
+    tmp = run/'scores.tmp.npz'; np.savez(tmp, **s); os.replace(tmp, run/'scores.npz')
 
 
 def _both(args:list, stage:str):
@@ -120,23 +151,26 @@ def main():
     ap.add_argument('--score_minutes', type=float, default=15, help='budget of the regret (wall)')
     ap.add_argument('--k', type=int, default=10, help='importance samples per image for log p(x)')
     ap.add_argument('--n_regret', type=int, default=1024, help='at most this many images of each set for the regret')
+    ap.add_argument('--bound', default='elbo', choices=('elbo', 'iwae'), help="the regret's gain in the ELBO or the IWAE bound")
+    ap.add_argument('--resize', action='store_true', help='resize the 28×28 images to 32×32 (the reference code) instead of padding')
+    ap.add_argument('--workers', type=int, default=1, help=argparse.SUPPRESS)   # a training stage run alone: cores for its batch
+    ap.add_argument('--sets', default='in,out', help=argparse.SUPPRESS)   # the regret of one set only: 'in' or 'out'
     ap.add_argument('--n', type=int, default=None, help=argparse.SUPPRESS)   # smoke runs: the first n images of each set
     ap.add_argument('--stage', default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     run = Path(a.run); run.mkdir(parents=True, exist_ok=True)
+    if a.stage == 'merge': return merge(run)
     if a.stage:
         kind, part = a.stage.split(':')
-        if kind == 'train': train(run, part, a.minutes, a.n)
-        else: score(run, part, a.k, a.score_minutes, a.n_regret, a.n)
+        if kind == 'train': train(run, part, a.minutes, a.n, a.resize, a.workers)
+        else: score(run, part, a.k, a.score_minutes, a.n_regret, a.n, a.bound, a.sets, a.resize)
         return
     args = ['--run', a.run, '--minutes', str(a.minutes), '--score_minutes', str(a.score_minutes), '--k', str(a.k),
-            '--n_regret', str(a.n_regret)] + ([] if a.n is None else ['--n', str(a.n)])
+            '--n_regret', str(a.n_regret), '--bound', a.bound] + (['--resize'] if a.resize else []) + ([] if a.n is None else ['--n', str(a.n)])
     t0 = time.time()
     _both(args, 'train'); t1 = time.time()
     _both(args, 'score'); t2 = time.time()
-    import numpy as np
-    s = {**np.load(run/'scores_likelihood.npz'), **np.load(run/'scores_regret.npz')}
-    tmp = run/'scores.tmp.npz'; np.savez(tmp, **s); os.replace(tmp, run/'scores.npz')
+    merge(run)
     import torch
     _atomic_json(run/'run.json', dict(vars(a), train_s=t1 - t0, score_s=t2 - t1, torch=torch.__version__,
                                       cpu=torch.backends.cpu.get_cpu_capability(), cores=os.cpu_count()))
