@@ -25,10 +25,24 @@ from pathlib import Path
 CONFIG = dict(in_channels=1, input_size=32, z_dim=100, likelihood='categorical')   # Xiao et al.: latent 100, 256-way pixels
 LR, BATCH, MU = 3e-4, 128, 0.2              # their Adam learning rate and batch; the noise fraction of the background
 SEEDS = dict(main=0, background=1)
+STAGES = dict(train=('main', 'background'), score=('likelihood', 'regret'))   # each stage's two processes
 
 
 def _atomic_json(path:Path, obj):
-    tmp = path.with_name(path.name + '.tmp'); tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
+    from vae_nb.files import atomic_write
+    atomic_write(path, json.dumps(obj, indent=1))
+
+
+def _atomic_npz(path:Path, arrays:dict):
+    import numpy as np
+    from vae_nb.files import atomic_write
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _epochs(path:Path) -> int:
+    "How many epochs the checkpoint at `path` holds."
+    from vae_nb.checkpoint import load_checkpoint
+    return len(load_checkpoint(path)['history'])
 
 
 def _one_core(workers:int=1):
@@ -67,22 +81,22 @@ def train(run:Path, name:str, minutes:float, n:int|None, resize:bool=False, work
     dl = InMemoryLoader(x_train, torch.zeros(len(x_train)), batch_size=BATCH, shuffle=True, seed=seed, tfm=tfm)
     torch.manual_seed(seed)
     model, path, t0, times, history = VAE(**CONFIG), run/f'{name}.pt', time.time(), [], []
-    done = 0
+    record = run/f'train_{name}.json'
     if path.exists():                       # an earlier run's checkpoint: continue it (the background's noise draws start afresh)
         from vae_nb.checkpoint import load_checkpoint
-        done = len(load_checkpoint(path)['history'])
-        record = run/f'train_{name}.json'
-        if record.exists(): times = json.loads(record.read_text())['seconds'][:done]
+        history = load_checkpoint(path)['history']
+        if record.exists(): times = json.loads(record.read_text())['seconds'][:len(history)]
     while True:
         if times and time.time() - t0 + times[-1] > minutes * 60: break
-        t = time.time()
+        t, done = time.time(), len(history)
         history = fit(model, dl, epochs=done + 1, lr=LR, device='cpu', seed=seed, progress=False, checkpoint=path,
                       resume=path if done else None, overwrite=done == 0, settings=dict(run=name))
-        done += 1; times.append(time.time() - t)
-        print(f"{name}: epoch {done} in {times[-1]:.0f} s, loss {history[-1]['loss']:.1f} nats "
+        if len(history) == done: break      # Ctrl-C: fit kept the last whole epoch in the checkpoint and said so
+        times.append(time.time() - t)
+        print(f"{name}: epoch {len(history)} in {times[-1]:.0f} s, loss {history[-1]['loss']:.1f} nats "
               f"({history[-1]['loss'] / (1024 * math.log(2)):.3f} bits/dim)", flush=True)
-    _atomic_json(run/f'train_{name}.json', dict(epochs=done, seconds=times, budget_minutes=minutes,
-                                                 loss=[h['loss'] for h in history]))
+        _atomic_json(record, dict(epochs=len(history), seconds=times, budget_minutes=minutes,   # after every epoch
+                                  loss=[h['loss'] for h in history]))
 
 
 def score(run:Path, part:str, k:int, minutes:float, n_max:int, n:int|None, bound:str='elbo', sets:str='in,out', resize:bool=False):
@@ -94,10 +108,10 @@ def score(run:Path, part:str, k:int, minutes:float, n_max:int, n:int|None, bound
     _, x_in, x_out = _data(n, resize)
     g = lambda seed: torch.Generator().manual_seed(seed)
     model = load_model(run/'main.pt').eval()
-    t0 = time.time()
+    t0, epochs = time.time(), _epochs(run/'main.pt')
     if part == 'likelihood':
         background = load_model(run/'background.pt').eval()
-        s = dict(k=k, png_in=png_bits(x_in).numpy(), png_out=png_bits(x_out).numpy())
+        s = dict(k=k, png_in=png_bits(x_in).numpy(), png_out=png_bits(x_out).numpy(), background_epochs=_epochs(run/'background.pt'))
         for key, m, x, seed in (('ll_in', model, x_in, 0), ('ll_out', model, x_out, 1),
                                 ('bg_in', background, x_in, 2), ('bg_out', background, x_out, 3)):
             s[key] = log_likelihood_score(m, x, k=k, generator=g(seed)).numpy()
@@ -107,7 +121,7 @@ def score(run:Path, part:str, k:int, minutes:float, n_max:int, n:int|None, bound
         sub_out = torch.randperm(len(x_out), generator=g(1))[:n_max]
         gi, go, r_in, r_out, times = g(10), g(11), [], [], []       # each set its own generator: the sets may run apart
         sets = sets.split(',')
-        for i in range(0, n_max, 64):
+        for i in range(0, min(n_max, len(sub_in), len(sub_out)), 64):
             if times and time.time() - t0 + times[-1] > minutes * 60: break
             t = time.time()
             if 'in' in sets: r_in.append(regret_score(model, x_in[sub_in[i:i + 64]], bound=bound, generator=gi))
@@ -116,11 +130,11 @@ def score(run:Path, part:str, k:int, minutes:float, n_max:int, n:int|None, bound
             print(f"regret ({bound}, {'+'.join(sets)}): {i + 64} images of {'each set' if len(sets) > 1 else 'the set'} "
                   f"in {time.time() - t0:.0f} s", flush=True)
         key = 'regret' if bound == 'elbo' else f'regret_{bound}'
-        s = {}
+        s = {}                              # each file keeps the subset it scored: merge checks that they agree
         if r_in: s.update({f'{key}_in': torch.cat(r_in).numpy(), 'sub_in': sub_in[:len(r_in) * 64].numpy()})
         if r_out: s.update({f'{key}_out': torch.cat(r_out).numpy(), 'sub_out': sub_out[:len(r_out) * 64].numpy()})
         part = key + ('' if sets == ['in', 'out'] else '_' + '_'.join(sets))
-    tmp = run/f'scores_{part}.tmp.npz'; np.savez(tmp, **s); os.replace(tmp, run/f'scores_{part}.npz')
+    _atomic_npz(run/f'scores_{part}.npz', dict(s, model_epochs=epochs))
     _atomic_json(run/f'score_{part}.json', dict(seconds=time.time() - t0))
 
 
@@ -128,20 +142,27 @@ def merge(run:Path):
     "scores.npz: every scores_*.npz of RUN in one file (the likelihoods, the regret, any other regret run kept there)."
     import numpy as np
     s = {}
-    for f in sorted(run.glob('scores_*.npz')):
+    for f in sorted(p for p in run.glob('scores_*.npz') if '.tmp' not in p.name):
         with np.load(f) as part:
             for k, v in part.items():
-                if k in s and k.startswith('sub_') and not np.array_equal(s[k][:len(v)], v[:len(s[k])]):
-                    sys.exit(f"ood_run: {f.name} scored another subset than the files before it")
-                if k not in s or len(v) > len(s[k]): s[k] = v
-    tmp = run/'scores.tmp.npz'; np.savez(tmp, **s); os.replace(tmp, run/'scores.npz')
+                if k in ('sub_in', 'sub_out', 'model_epochs') and k in s and not np.array_equal(s[k], v):
+                    sys.exit(f"ood_run: {f.name} differs from the files before it in {k} (another subset, or an older "
+                             "checkpoint): score it again")
+                s[k] = v
+    _atomic_npz(run/'scores.npz', s)
 
 
 def _both(args:list, stage:str):
     "Run the two halves of a stage as two processes at once; fail if either fails."
-    procs = [subprocess.Popen([sys.executable, __file__, *args, '--stage', f'{stage}:{p}'])
-             for p in (('main', 'background') if stage == 'train' else ('likelihood', 'regret'))]
-    if any(p.wait() for p in procs): sys.exit(f"ood_run: a {stage} process failed")
+    procs = [subprocess.Popen([sys.executable, __file__, *args, '--stage', f'{stage}:{p}']) for p in STAGES[stage]]
+    try:
+        while any(p.poll() is None for p in procs):
+            if any(p.poll() for p in procs): raise SystemExit(f"ood_run: a {stage} process failed")
+            time.sleep(1)
+        if any(p.returncode for p in procs): raise SystemExit(f"ood_run: a {stage} process failed")
+    finally:
+        for p in procs:                     # one failed, or Ctrl-C: stop the other too
+            if p.poll() is None: p.terminate(); p.wait()
 
 
 def main():
@@ -160,8 +181,12 @@ def main():
     a = ap.parse_args()
     run = Path(a.run); run.mkdir(parents=True, exist_ok=True)
     if a.stage == 'merge': return merge(run)
+    sets = a.sets.split(',')
+    if not sets or any(x not in ('in', 'out') for x in sets): ap.error(f"--sets: expected in, out or in,out; got {a.sets!r}")
     if a.stage:
-        kind, part = a.stage.split(':')
+        kind, _, part = a.stage.partition(':')
+        if part not in STAGES.get(kind, ()):
+            ap.error(f"--stage: expected merge or one of {', '.join(f'{k}:{p}' for k, ps in STAGES.items() for p in ps)}; got {a.stage!r}")
         if kind == 'train': train(run, part, a.minutes, a.n, a.resize, a.workers)
         else: score(run, part, a.k, a.score_minutes, a.n_regret, a.n, a.bound, a.sets, a.resize)
         return

@@ -20,7 +20,7 @@ from torchvision.io import encode_png
 from tqdm.auto import tqdm
 from .checks import check_choice, check_int, check_positive, check_tensor
 from .distributions import BINS, DiagonalGaussianDistribution, bin_centre
-from .model import VAE, evaluating
+from .model import VAE, evaluating, _log_weights
 from .cpu import keep_freed_memory, set_threads
 from .datasets import DATASETS, get_datasets
 from .checkpoint import load_model
@@ -105,24 +105,16 @@ def _elbo(model:VAE, # the model (its decoder is used)
     nll = model.likelihood_dist(z.flatten(0, 1), check=False).nll(x.expand(n, *x.shape).flatten(0, 1), check=False)
     return -(nll.view(n, B).mean(0) + q.kl())                                            # (B,)
 
-def _log_weights(model:VAE, # the model (its decoder is used)
-                 h:Tensor, # encoder outputs, (B, 2·z_dim): mean, then log-variance
-                 x:Tensor, # images, (B, C, S, S)
-                 eps:Tensor, # noise, (n, B, z_dim)
-                ) -> Tensor: # log w = log p(x|z) + log p(z) − log q(z|x) for each draw, (n, B)
-    "The importance weights' logs of the n draws z = μ + σ·ε."
-    n, B = eps.shape[:2]
-    q = DiagonalGaussianDistribution(*h.chunk(2, dim=1))                                # (B, z_dim)
-    z = q.mean + q.std * eps                                                             # (n, B, z_dim)
-    nll = model.likelihood_dist(z.flatten(0, 1), check=False).nll(x.expand(n, *x.shape).flatten(0, 1), check=False)
-    return -nll.view(n, B) + 0.5 * (eps.pow(2) + q.logvar - z.pow(2)).sum(-1)            # (n, B)
+def _iw(model:VAE, h:Tensor, x:Tensor, eps:Tensor) -> Tensor:
+    "log w = log p(x|z) + log p(z) − log q(z|x) of each draw z = μ + σ·ε, (n, B): the model's own estimator (`01_model`), q from `h`."
+    return _log_weights(model, x, DiagonalGaussianDistribution(*h.chunk(2, dim=1)), eps)
 
 BOUNDS = ('elbo', 'iwae')  # what `regret_score` can measure the gain in
 
 def _bound(model:VAE, h:Tensor, x:Tensor, eps:Tensor, bound:str) -> Tensor:
     "The ELBO (`_elbo`) or the importance-weighted bound log (1/n) Σ_j w_j of each image, from the n draws in eps, (B,)."
     if bound == 'elbo': return _elbo(model, h, x, eps)
-    return _log_weights(model, h, x, eps).logsumexp(0) - math.log(eps.shape[0])
+    return _iw(model, h, x, eps).logsumexp(0) - math.log(eps.shape[0])
 
 # %% ../nbs/07_ood.ipynb #70b82447
 def _regret_one(model:VAE, x:Tensor, train_eps:Tensor, eval_eps:Tensor, lr:float, weight_decay:float, bound:str='elbo') -> Tensor:
@@ -184,7 +176,7 @@ _DECODE_CHUNK = 8  # images per decoder call in the batched regret: a categorica
 def _bound_chunked(model:VAE, h:Tensor, x:Tensor, eps:Tensor, bound:str) -> Tensor:
     "`_bound` without gradients, one draw and `_DECODE_CHUNK` images per decoder call (small tensors: reused memory)."
     n, B = eps.shape[:2]
-    one = _elbo if bound == 'elbo' else (lambda *a: _log_weights(*a)[0])                  # per draw: its ELBO, or its log w
+    one = _elbo if bound == 'elbo' else (lambda *a: _iw(*a)[0])                  # per draw: its ELBO, or its log w
     v = torch.stack([torch.cat([one(model, h[i:i + _DECODE_CHUNK], x[i:i + _DECODE_CHUNK], eps[j:j + 1, i:i + _DECODE_CHUNK])
                                 for i in range(0, B, _DECODE_CHUNK)]) for j in range(n)])  # (n, B)
     return v.mean(0) if bound == 'elbo' else v.logsumexp(0) - math.log(n)
@@ -338,7 +330,7 @@ def _check_bound(name:str, bound:str, flag:str='') -> str:
     "`bound`, if it is one of BOUNDS and, unless 'elbo' (the default), the score is the regret; else `ValueError` naming flag+'bound'."
     check_choice(f'{flag}bound', bound, BOUNDS)
     if bound != 'elbo' and name != 'regret':
-        raise ValueError(f"{flag}bound: only the likelihood regret is measured in a bound, not {name!r}")
+        raise ValueError(f"{flag}bound: expected 'elbo' for the score {name!r} (only the regret is measured in a bound), got {bound!r}")
     return bound
 
 def ood_score(name:str, # one of SCORES
