@@ -19,7 +19,7 @@ One stage alone, as the notebook's side runs were made (each writes its own scor
     python tools/ood_run.py --run R --stage score:regret --bound iwae --sets in --n_regret 576 --score_minutes 60
     python tools/ood_run.py --run R --stage merge
 """
-import argparse, json, math, os, subprocess, sys, time
+import argparse, json, os, subprocess, sys, time
 from pathlib import Path
 
 CONFIG = dict(in_channels=1, input_size=32, z_dim=100, likelihood='categorical')   # Xiao et al.: latent 100, 256-way pixels
@@ -94,7 +94,7 @@ def train(run:Path, name:str, minutes:float, n:int|None, resize:bool=False, work
         if len(history) == done: break      # Ctrl-C: fit kept the last whole epoch in the checkpoint and said so
         times.append(time.time() - t)
         print(f"{name}: epoch {len(history)} in {times[-1]:.0f} s, loss {history[-1]['loss']:.1f} nats "
-              f"({history[-1]['loss'] / (1024 * math.log(2)):.3f} bits/dim)", flush=True)
+              f"({model.bits_per_dim(-history[-1]['loss']):.3f} bits/dim)", flush=True)
         _atomic_json(record, dict(epochs=len(history), seconds=times, budget_minutes=minutes,   # after every epoch
                                   loss=[h['loss'] for h in history]))
 

@@ -97,13 +97,15 @@ def _elbo(model:VAE, # the model (its decoder is used)
           h:Tensor, # encoder outputs, (B, 2·z_dim): mean, then log-variance
           x:Tensor, # images, (B, C, S, S)
           eps:Tensor, # noise, (n, B, z_dim)
+          per_draw:bool=False, # True: each draw's estimate, (n, B)
          ) -> Tensor: # ELBO estimate per image, mean over the n draws, (B,)
     "The ELBO of `x` under the posterior given by `h`, with z = μ + σ·ε for each of the n draws and the KL in closed form."
     n, B = eps.shape[:2]
     q = DiagonalGaussianDistribution(*h.chunk(2, dim=1))                                # (B, z_dim)
     z = q.mean + q.std * eps                                                             # (n, B, z_dim)
     nll = model.likelihood_dist(z.flatten(0, 1), check=False).nll(x.expand(n, *x.shape).flatten(0, 1), check=False)
-    return -(nll.view(n, B).mean(0) + q.kl())                                            # (B,)
+    v = -(nll.view(n, B) + q.kl())                                                       # (n, B)
+    return v if per_draw else v.mean(0)
 
 def _iw(model:VAE, h:Tensor, x:Tensor, eps:Tensor) -> Tensor:
     "log w = log p(x|z) + log p(z) − log q(z|x) of each draw z = μ + σ·ε, (n, B): the model's own estimator (`01_model`), q from `h`."
@@ -111,10 +113,17 @@ def _iw(model:VAE, h:Tensor, x:Tensor, eps:Tensor) -> Tensor:
 
 BOUNDS = ('elbo', 'iwae')  # what `regret_score` can measure the gain in
 
+def _draws(model:VAE, h:Tensor, x:Tensor, eps:Tensor, bound:str) -> Tensor:
+    "Each draw's term of `bound`, (n, B): its ELBO estimate ('elbo') or its log w ('iwae')."
+    return _elbo(model, h, x, eps, per_draw=True) if bound == 'elbo' else _iw(model, h, x, eps)
+
+def _pool(v:Tensor, bound:str) -> Tensor:
+    "The bound from its draws' terms v (n, B): their mean (the ELBO), or log (1/n) Σ_j exp v_j (the IWAE bound), (B,)."
+    return v.mean(0) if bound == 'elbo' else v.logsumexp(0) - math.log(len(v))
+
 def _bound(model:VAE, h:Tensor, x:Tensor, eps:Tensor, bound:str) -> Tensor:
-    "The ELBO (`_elbo`) or the importance-weighted bound log (1/n) Σ_j w_j of each image, from the n draws in eps, (B,)."
-    if bound == 'elbo': return _elbo(model, h, x, eps)
-    return _iw(model, h, x, eps).logsumexp(0) - math.log(eps.shape[0])
+    "The ELBO or the importance-weighted bound log (1/n) Σ_j w_j of each image, from the n draws in eps, (B,)."
+    return _pool(_draws(model, h, x, eps, bound), bound)
 
 # %% ../nbs/07_ood.ipynb #70b82447
 def _regret_one(model:VAE, x:Tensor, train_eps:Tensor, eval_eps:Tensor, lr:float, weight_decay:float, bound:str='elbo') -> Tensor:
@@ -176,10 +185,9 @@ _DECODE_CHUNK = 8  # images per decoder call in the batched regret: a categorica
 def _bound_chunked(model:VAE, h:Tensor, x:Tensor, eps:Tensor, bound:str) -> Tensor:
     "`_bound` without gradients, one draw and `_DECODE_CHUNK` images per decoder call (small tensors: reused memory)."
     n, B = eps.shape[:2]
-    one = _elbo if bound == 'elbo' else (lambda *a: _iw(*a)[0])                  # per draw: its ELBO, or its log w
-    v = torch.stack([torch.cat([one(model, h[i:i + _DECODE_CHUNK], x[i:i + _DECODE_CHUNK], eps[j:j + 1, i:i + _DECODE_CHUNK])
+    v = torch.stack([torch.cat([_draws(model, h[i:i + _DECODE_CHUNK], x[i:i + _DECODE_CHUNK], eps[j:j + 1, i:i + _DECODE_CHUNK], bound)[0]
                                 for i in range(0, B, _DECODE_CHUNK)]) for j in range(n)])  # (n, B)
-    return v.mean(0) if bound == 'elbo' else v.logsumexp(0) - math.log(n)
+    return _pool(v, bound)
 
 def _regret_batch(model:VAE, x:Tensor, train_eps:Tensor, eval_eps:Tensor, lr:float, weight_decay:float, bound:str='elbo') -> Tensor:
     "Regret of each image of x (B, C, S, S) at once: B encoder copies stacked (batched matrix products, else vmap), one Adam on the stack."
