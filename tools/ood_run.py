@@ -66,8 +66,8 @@ def _data(n:int|None=None, resize:bool=False):
     return up(train.x[:n]), up(test.x[:n]), up(digits[:n])
 
 
-def train(run:Path, name:str, minutes:float, n:int|None, resize:bool=False, workers:int=1):
-    "Whole epochs of `name` ('main' or 'background') while they fit in `minutes` more; continues a checkpoint that is there."
+def train(run:Path, name:str, minutes:float, n:int|None, resize:bool=False, workers:int=1, max_epochs:int|None=None):
+    "Whole epochs of `name` ('main' or 'background') while they fit in `minutes` more (and, given `max_epochs`, up to that total); continues a checkpoint that is there."
     _one_core(workers)
     import torch
     from vae_nb.model import VAE
@@ -86,7 +86,7 @@ def train(run:Path, name:str, minutes:float, n:int|None, resize:bool=False, work
         from vae_nb.checkpoint import load_checkpoint
         history = load_checkpoint(path)['history']
         if record.exists(): times = json.loads(record.read_text())['seconds'][:len(history)]
-    while True:
+    while max_epochs is None or len(history) < max_epochs:
         if times and time.time() - t0 + times[-1] > minutes * 60: break
         t, done = time.time(), len(history)
         history = fit(model, dl, epochs=done + 1, lr=LR, device='cpu', seed=seed, progress=False, checkpoint=path,
@@ -165,6 +165,12 @@ def _both(args:list, stage:str):
             if p.poll() is None: p.terminate(); p.wait()
 
 
+def _one(args:list, stage:str):
+    "Run one stage as a process of its own; fail if it fails."
+    if subprocess.run([sys.executable, __file__, *args, '--stage', stage]).returncode:
+        raise SystemExit(f"ood_run: the {stage} process failed")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--run', default='ood_run', help='folder of the outputs')
@@ -174,6 +180,9 @@ def main():
     ap.add_argument('--n_regret', type=int, default=1024, help='at most this many images of each set for the regret')
     ap.add_argument('--bound', default='elbo', choices=('elbo', 'iwae'), help="the regret's gain in the ELBO or the IWAE bound")
     ap.add_argument('--resize', action='store_true', help='resize the 28×28 images to 32×32 (the reference code) instead of padding')
+    ap.add_argument('--background_epochs', type=int, default=None,
+                    help='train the background model for this many epochs first, then the model for the rest of --minutes, '
+                         'each on all cores; default: both at once, one core each, for --minutes')
     ap.add_argument('--workers', type=int, default=1, help=argparse.SUPPRESS)   # a training stage run alone: cores for its batch
     ap.add_argument('--sets', default='in,out', help=argparse.SUPPRESS)   # the regret of one set only: 'in' or 'out'
     ap.add_argument('--n', type=int, default=None, help=argparse.SUPPRESS)   # smoke runs: the first n images of each set
@@ -187,13 +196,20 @@ def main():
         kind, _, part = a.stage.partition(':')
         if part not in STAGES.get(kind, ()):
             ap.error(f"--stage: expected merge or one of {', '.join(f'{k}:{p}' for k, ps in STAGES.items() for p in ps)}; got {a.stage!r}")
-        if kind == 'train': train(run, part, a.minutes, a.n, a.resize, a.workers)
+        if kind == 'train': train(run, part, a.minutes, a.n, a.resize, a.workers, a.background_epochs if part == 'background' else None)
         else: score(run, part, a.k, a.score_minutes, a.n_regret, a.n, a.bound, a.sets, a.resize)
         return
-    args = ['--run', a.run, '--minutes', str(a.minutes), '--score_minutes', str(a.score_minutes), '--k', str(a.k),
+    stage_args = lambda minutes: ['--run', a.run, '--minutes', str(minutes), '--score_minutes', str(a.score_minutes), '--k', str(a.k),
             '--n_regret', str(a.n_regret), '--bound', a.bound] + (['--resize'] if a.resize else []) + ([] if a.n is None else ['--n', str(a.n)])
+    args = stage_args(a.minutes)
     t0 = time.time()
-    _both(args, 'train'); t1 = time.time()
+    if a.background_epochs is None: _both(args, 'train')
+    else:                                   # one after the other, each on every core: the background first, to its epochs
+        cores = str(os.cpu_count() or 1)
+        _one(args + ['--workers', cores, '--background_epochs', str(a.background_epochs)], 'train:background')
+        left = a.minutes - (time.time() - t0) / 60
+        _one(stage_args(left) + ['--workers', cores], 'train:main')
+    t1 = time.time()
     _both(args, 'score'); t2 = time.time()
     merge(run)
     import torch
