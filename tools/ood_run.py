@@ -11,8 +11,11 @@ turn while `--score_minutes` last. Writes into RUN: main.pt, background.pt (chec
 train_main.json, train_background.json (epochs, seconds), scores.npz, and run.json (the settings and timings).
 Every output is written to a temporary name and renamed, so an interrupted run leaves no half-written file.
 A second call on the same RUN continues the training from the checkpoints for `--minutes` more, then scores again.
-`--bound iwae` scores the regret's gain in the importance-weighted bound instead of the ELBO; `--resize` resizes the
-28×28 images to 32×32 as the reference code does, instead of padding them.
+`--bound iwae` scores the regret's gain in the importance-weighted bound instead of the ELBO. The 28×28 images are
+resized to 32×32 as the reference code does (`vae_nb.ood.resize_images`); `--pad` pads them with black instead, as
+`get_datasets` gives them (until 2026-12-08 padding was the default and `--resize` chose resizing: that flag is still
+taken). `--background_epochs N` trains the background model first, for N epochs, then the model for the rest of the
+budget, each on all cores, instead of both at once on one core each.
 
 One stage alone, as the notebook's side runs were made (each writes its own scores_*.npz; `merge` joins them):
 
@@ -22,8 +25,6 @@ One stage alone, as the notebook's side runs were made (each writes its own scor
 import argparse, json, os, subprocess, sys, time
 from pathlib import Path
 
-CONFIG = dict(in_channels=1, input_size=32, z_dim=100, likelihood='categorical')   # Xiao et al.: latent 100, 256-way pixels
-LR, BATCH, MU = 3e-4, 128, 0.2              # their Adam learning rate and batch; the noise fraction of the background
 SEEDS = dict(main=0, background=1)
 STAGES = dict(train=('main', 'background'), score=('likelihood', 'regret'))   # each stage's two processes
 
@@ -51,36 +52,35 @@ def _one_core(workers:int=1):
     torch.set_num_threads(1); set_chunk_workers(workers)   # one core per process (the two share the machine) unless told more
 
 
-def _data(n:int|None=None, resize:bool=False):
-    """Fashion-MNIST's training and test images and the mnist5k digits, in [-1, 1], padded to 32×32 with black (as
-    `get_datasets` gives them) or, with `resize`, resized to 32×32 (bilinear, antialiased, back to 8 bits: the reference
-    code's `transforms.Resize(32)`); the first n of each with n (smoke runs)."""
+def _data(n:int|None=None, resize:bool=True):
+    """Fashion-MNIST's training and test images and the mnist5k digits, in [-1, 1], resized to 32×32 as the reference
+    code does (`resize_images`) or, without `resize`, padded with black (as `get_datasets` gives them); the first n of
+    each with n (smoke runs)."""
     import torch
-    from torchvision.transforms.functional import resize as _resize
     from vae_nb.data import get_datasets, load_mnist5k, to_model_range
+    from vae_nb.ood import resize_images
     train, test = get_datasets('fashion_mnist')
     a, _, b, _ = load_mnist5k()
     digits = torch.cat([a, b])[:, None]                                     # (5000, 1, 28, 28) uint8
     if not resize: return train.tfm(train.x[:n]), test.tfm(test.x[:n]), to_model_range(digits[:n])
-    up = lambda x: to_model_range(_resize(x, [32, 32], antialias=True), size=None)   # uint8 in, uint8 grid out
-    return up(train.x[:n]), up(test.x[:n]), up(digits[:n])
+    return resize_images(train.x[:n]), resize_images(test.x[:n]), resize_images(digits[:n])
 
 
-def train(run:Path, name:str, minutes:float, n:int|None, resize:bool=False, workers:int=1, max_epochs:int|None=None):
+def train(run:Path, name:str, minutes:float, n:int|None, resize:bool=True, workers:int=1, max_epochs:int|None=None):
     "Whole epochs of `name` ('main' or 'background') while they fit in `minutes` more (and, given `max_epochs`, up to that total); continues a checkpoint that is there."
     _one_core(workers)
     import torch
     from vae_nb.model import VAE
     from vae_nb.data import InMemoryLoader
     from vae_nb.train import fit
-    from vae_nb.ood import perturb
+    from vae_nb.ood import perturb, FMNIST_OOD_CONFIG as C
     x_train, _, _ = _data(n, resize)
     seed = SEEDS[name]
     g = torch.Generator().manual_seed(seed)
-    tfm = (lambda xb: perturb(xb, MU, g)) if name == 'background' else None
-    dl = InMemoryLoader(x_train, torch.zeros(len(x_train)), batch_size=BATCH, shuffle=True, seed=seed, tfm=tfm)
+    tfm = (lambda xb: perturb(xb, C['mu'], g)) if name == 'background' else None
+    dl = InMemoryLoader(x_train, torch.zeros(len(x_train)), batch_size=C['batch_size'], shuffle=True, seed=seed, tfm=tfm)
     torch.manual_seed(seed)
-    model, path, t0, times, history = VAE(**CONFIG), run/f'{name}.pt', time.time(), [], []
+    model, path, t0, times, history = VAE(**C['model']), run/f'{name}.pt', time.time(), [], []
     record = run/f'train_{name}.json'
     if path.exists():                       # an earlier run's checkpoint: continue it (the background's noise draws start afresh)
         from vae_nb.checkpoint import load_checkpoint
@@ -89,7 +89,7 @@ def train(run:Path, name:str, minutes:float, n:int|None, resize:bool=False, work
     while max_epochs is None or len(history) < max_epochs:
         if times and time.time() - t0 + times[-1] > minutes * 60: break
         t, done = time.time(), len(history)
-        history = fit(model, dl, epochs=done + 1, lr=LR, device='cpu', seed=seed, progress=False, checkpoint=path,
+        history = fit(model, dl, epochs=done + 1, lr=C['lr'], device='cpu', seed=seed, progress=False, checkpoint=path,
                       resume=path if done else None, overwrite=done == 0, settings=dict(run=name))
         if len(history) == done: break      # Ctrl-C: fit kept the last whole epoch in the checkpoint and said so
         times.append(time.time() - t)
@@ -99,7 +99,7 @@ def train(run:Path, name:str, minutes:float, n:int|None, resize:bool=False, work
                                   loss=[h['loss'] for h in history]))
 
 
-def score(run:Path, part:str, k:int, minutes:float, n_max:int, n:int|None, bound:str='elbo', sets:str='in,out', resize:bool=False):
+def score(run:Path, part:str, k:int, minutes:float, n_max:int, n:int|None, bound:str='elbo', sets:str='in,out', resize:bool=True):
     "Scores of the test sets: part 'likelihood' (both models, all images) or 'regret' (subsets, for a time budget)."
     _one_core()
     import numpy as np, torch
@@ -179,7 +179,8 @@ def main():
     ap.add_argument('--k', type=int, default=10, help='importance samples per image for log p(x)')
     ap.add_argument('--n_regret', type=int, default=1024, help='at most this many images of each set for the regret')
     ap.add_argument('--bound', default='elbo', choices=('elbo', 'iwae'), help="the regret's gain in the ELBO or the IWAE bound")
-    ap.add_argument('--resize', action='store_true', help='resize the 28×28 images to 32×32 (the reference code) instead of padding')
+    ap.add_argument('--pad', action='store_true', help='pad the 28×28 images to 32×32 with black instead of resizing them (the reference code)')
+    ap.add_argument('--resize', action='store_true', help=argparse.SUPPRESS)   # the default now; taken for earlier commands
     ap.add_argument('--background_epochs', type=int, default=None,
                     help='train the background model for this many epochs first, then the model for the rest of --minutes, '
                          'each on all cores; default: both at once, one core each, for --minutes')
@@ -188,6 +189,7 @@ def main():
     ap.add_argument('--n', type=int, default=None, help=argparse.SUPPRESS)   # smoke runs: the first n images of each set
     ap.add_argument('--stage', default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.pad and a.resize: ap.error("--pad and --resize: expected one of them, not both")
     run = Path(a.run); run.mkdir(parents=True, exist_ok=True)
     if a.stage == 'merge': return merge(run)
     sets = a.sets.split(',')
@@ -196,11 +198,11 @@ def main():
         kind, _, part = a.stage.partition(':')
         if part not in STAGES.get(kind, ()):
             ap.error(f"--stage: expected merge or one of {', '.join(f'{k}:{p}' for k, ps in STAGES.items() for p in ps)}; got {a.stage!r}")
-        if kind == 'train': train(run, part, a.minutes, a.n, a.resize, a.workers, a.background_epochs if part == 'background' else None)
-        else: score(run, part, a.k, a.score_minutes, a.n_regret, a.n, a.bound, a.sets, a.resize)
+        if kind == 'train': train(run, part, a.minutes, a.n, not a.pad, a.workers, a.background_epochs if part == 'background' else None)
+        else: score(run, part, a.k, a.score_minutes, a.n_regret, a.n, a.bound, a.sets, not a.pad)
         return
     stage_args = lambda minutes: ['--run', a.run, '--minutes', str(minutes), '--score_minutes', str(a.score_minutes), '--k', str(a.k),
-            '--n_regret', str(a.n_regret), '--bound', a.bound] + (['--resize'] if a.resize else []) + ([] if a.n is None else ['--n', str(a.n)])
+            '--n_regret', str(a.n_regret), '--bound', a.bound] + (['--pad'] if a.pad else []) + ([] if a.n is None else ['--n', str(a.n)])
     args = stage_args(a.minutes)
     t0 = time.time()
     if a.background_epochs is None: _both(args, 'train')
