@@ -15,9 +15,8 @@ from contextlib import contextmanager
 from typing import NamedTuple, Optional, Sequence, Union
 import torch
 from torch import nn, Tensor
-from torchvision.utils import make_grid
-from torchvision.io import write_png
-import matplotlib.pyplot as plt
+import torch.nn.functional as F
+from PIL import Image
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from pathlib import Path
@@ -30,12 +29,19 @@ def image_grid(x:Tensor, # images in [-1, 1], shape (B, C, H, W), C = 1 or 3
                padding:int=2, # pixels between images
                pad_value:float=1.0, # shade of the padding, 0 (black) to 1 (white)
               ) -> Tensor: # uint8 grid, shape (3, H', W'); grey images are repeated over 3 channels
-    "Tile a batch of images in [-1, 1] into one uint8 image with `torchvision.utils.make_grid`."
+    "Tile a batch of images in [-1, 1] into one uint8 image, as `torchvision.utils.make_grid` does (one image: itself, unpadded)."
     check_tensor('x', x, (None, None, None, None))
     if x.shape[1] not in (1, 3): raise ValueError(f"x: expected 1 or 3 channels, got {x.shape[1]}")
     if len(x) == 0: raise ValueError("x: expected at least one image, got an empty batch")
     check_int('nrow', nrow, minimum=1); check_int('padding', padding, minimum=0)
-    grid = make_grid((x.detach().float().cpu().clamp(-1, 1) + 1) / 2, nrow=nrow, padding=padding, pad_value=pad_value)
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).expand(-1, 3, -1, -1)   # (B, 3, H, W) in [0, 1]
+    if len(x) == 1: return (x[0] * 255).round().to(torch.uint8)        # as make_grid: a single image is not padded
+    (B, _, H, W), cols = x.shape, min(nrow, len(x))
+    rows = -(-B // cols)
+    x = torch.cat([x, x.new_full((rows * cols - B, 3, H, W), pad_value)])                  # blank tiles fill the last row
+    x = F.pad(x, (0, padding, 0, padding), value=pad_value)                                # each tile's right and bottom border
+    grid = x.view(rows, cols, 3, H + padding, W + padding).permute(2, 0, 3, 1, 4).reshape(3, rows * (H + padding), cols * (W + padding))
+    grid = F.pad(grid, (padding, 0, padding, 0), value=pad_value)                          # the top and left border
     return (grid * 255).round().to(torch.uint8)                        # (3, H', W')
 
 # %% ../nbs/02g_viz.ipynb #18d8592f
@@ -46,6 +52,7 @@ GRID_SCALE = 1.5  # screen pixels per image pixel in image figures, before the s
 
 def _figure(nrows:int=1, ncols:int=1, figsize=(4.0, 3.0), **kw):
     "A constrained-layout figure no larger than `MAX_FIGSIZE`, closed in pyplot, and its axes as an (nrows, ncols) array."
+    import matplotlib.pyplot as plt         # here, not at import: pyplot takes a while to load, and saving grids needs none of it
     w, h = figsize
     s = min(1.0, MAX_FIGSIZE[0] / w, MAX_FIGSIZE[1] / h)
     fig = plt.figure(figsize=(w * s, h * s), dpi=FIG_DPI, layout='constrained')
@@ -123,7 +130,7 @@ def save_grid(x:Tensor, # images in [-1, 1], shape (B, C, H, W), C = 1 or 3
              ) -> Path: # the path written
     "Write the `image_grid` of `x` as a PNG file."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    write_png(image_grid(x, nrow), str(path))
+    Image.fromarray(image_grid(x, nrow).permute(1, 2, 0).numpy()).save(path, format='PNG')
     return path
 
 # %% ../nbs/02g_viz.ipynb #b5a5589d
