@@ -20,6 +20,7 @@ budget, each on all cores, instead of both at once on one core each.
 One stage alone, as the notebook's side runs were made (each writes its own scores_*.npz; `merge` joins them):
 
     python tools/ood_run.py --run R --stage score:regret --bound iwae --sets in --n_regret 576 --score_minutes 60
+    (RUN remembers its images, resized or padded, in images.json: a later call that differs is refused)
     python tools/ood_run.py --run R --stage merge
 """
 import argparse, json, os, subprocess, sys, time
@@ -165,6 +166,15 @@ def _both(args:list, stage:str):
             if p.poll() is None: p.terminate(); p.wait()
 
 
+def _resized(run:Path) -> bool|None:
+    "Whether the run in RUN trained on resized images (True) or padded ones (False), from images.json or run.json; None: a new folder."
+    if (run/'images.json').exists(): return json.loads((run/'images.json').read_text())['resize']
+    if (run/'run.json').exists():
+        a = json.loads((run/'run.json').read_text())
+        return not a['pad'] if 'pad' in a else a.get('resize', False)   # until 2026-12-08 runs padded unless --resize
+    return False if (run/'main.pt').exists() else None                 # a checkpoint without a record: made before --resize
+
+
 def _one(args:list, stage:str):
     "Run one stage as a process of its own; fail if it fails."
     if subprocess.run([sys.executable, __file__, *args, '--stage', stage]).returncode:
@@ -174,7 +184,7 @@ def _one(args:list, stage:str):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--run', default='ood_run', help='folder of the outputs')
-    ap.add_argument('--minutes', type=float, default=30, help='training budget (wall), both models at once')
+    ap.add_argument('--minutes', type=float, default=30, help='training budget (wall) of both models together')
     ap.add_argument('--score_minutes', type=float, default=15, help='budget of the regret (wall)')
     ap.add_argument('--k', type=int, default=10, help='importance samples per image for log p(x)')
     ap.add_argument('--n_regret', type=int, default=1024, help='at most this many images of each set for the regret')
@@ -190,8 +200,15 @@ def main():
     ap.add_argument('--stage', default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.pad and a.resize: ap.error("--pad and --resize: expected one of them, not both")
+    if a.background_epochs is not None and a.background_epochs < 1:
+        ap.error(f"--background_epochs: expected an integer >= 1, got {a.background_epochs}")
     run = Path(a.run); run.mkdir(parents=True, exist_ok=True)
     if a.stage == 'merge': return merge(run)
+    known = _resized(run)                   # a run's images stay as its training had them
+    if known is not None and known == a.pad:
+        ap.error(f"{run} holds a run on {'resized' if known else 'padded'} images: "
+                 f"{'drop --pad' if known else 'add --pad'} to continue or score it")
+    if known is None: _atomic_json(run/'images.json', dict(resize=not a.pad))
     sets = a.sets.split(',')
     if not sets or any(x not in ('in', 'out') for x in sets): ap.error(f"--sets: expected in, out or in,out; got {a.sets!r}")
     if a.stage:
@@ -207,9 +224,12 @@ def main():
     t0 = time.time()
     if a.background_epochs is None: _both(args, 'train')
     else:                                   # one after the other, each on every core: the background first, to its epochs
-        cores = str(os.cpu_count() or 1)
+        from vae_nb.cpu import cpu_cores
+        cores = str(cpu_cores())
         _one(args + ['--workers', cores, '--background_epochs', str(a.background_epochs)], 'train:background')
         left = a.minutes - (time.time() - t0) / 60
+        if left <= 0: print(f"ood_run: the background model used the whole budget; the model trains at most its first epoch", flush=True)
+        left = max(left, 0)
         _one(stage_args(left) + ['--workers', cores], 'train:main')
     t1 = time.time()
     _both(args, 'score'); t2 = time.time()

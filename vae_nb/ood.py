@@ -332,7 +332,7 @@ FMNIST_OOD_CONFIG = dict(model=dict(in_channels=1, input_size=32, z_dim=100, lik
 def resize_images(x:Tensor, # uint8 images, (N, H, W) or (N, C, H, W)
                   size:int=32, # the side of the output
                  ) -> Tensor: # float32 images in [-1, 1], (N, C, size, size)
-    "Resize 8-bit images to `size`×`size` as torchvision's `Resize(size)` does (bilinear, antialiased, rounded back to 8 bits), then scale them to [-1, 1]."
+    "Resize 8-bit images to `size`×`size` as torchvision's `Resize(size)` does square ones (bilinear, antialiased, rounded back to 8 bits), then scale them to [-1, 1]."
     if not isinstance(x, Tensor) or x.dtype != torch.uint8 or x.ndim not in (3, 4):
         raise ValueError(f"resize_images: expected uint8 images (N, H, W) or (N, C, H, W), got "
                          f"{x.dtype if isinstance(x, Tensor) else type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
