@@ -108,10 +108,10 @@ def score(run:Path, part:str, k:int, minutes:float, n_max:int, n:int|None, bound
     from vae_nb.ood import log_likelihood_score, png_bits, regret_score
     _, x_in, x_out = _data(n, resize)
     g = lambda seed: torch.Generator().manual_seed(seed)
-    model = load_model(run/'main.pt').eval()
+    model = load_model(run/'main.pt')
     t0, epochs = time.time(), _epochs(run/'main.pt')
     if part == 'likelihood':
-        background = load_model(run/'background.pt').eval()
+        background = load_model(run/'background.pt')
         s = dict(k=k, png_in=png_bits(x_in).numpy(), png_out=png_bits(x_out).numpy(), background_epochs=_epochs(run/'background.pt'))
         for key, m, x, seed in (('ll_in', model, x_in, 0), ('ll_out', model, x_out, 1),
                                 ('bg_in', background, x_in, 2), ('bg_out', background, x_out, 3)):
@@ -208,7 +208,7 @@ def main():
     if known is not None and known == a.pad:
         ap.error(f"{run} holds a run on {'resized' if known else 'padded'} images: "
                  f"{'drop --pad' if known else 'add --pad'} to continue or score it")
-    if known is None: _atomic_json(run/'images.json', dict(resize=not a.pad))
+    if not (run/'images.json').exists(): _atomic_json(run/'images.json', dict(resize=not a.pad))   # what 11_anomaly reads
     sets = a.sets.split(',')
     if not sets or any(x not in ('in', 'out') for x in sets): ap.error(f"--sets: expected in, out or in,out; got {a.sets!r}")
     if a.stage:

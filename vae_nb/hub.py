@@ -40,9 +40,10 @@ def pretrained_config(model:VAE, # a VAE with the default networks
 # %% ../nbs/03c_hub.ipynb #e27b1af1
 def _weights_bytes(model:VAE) -> bytes:
     "The model's `state_dict` as a safetensors file, in memory."
-    bad = first_nonfinite(model.state_dict())
+    weights = model.state_dict()
+    bad = first_nonfinite(weights)
     if bad: raise ValueError(f"model: expected finite weights, got NaN or inf in {bad!r}")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     return safetensors.torch.save(tensors, metadata={'format': 'pt'})
 
 # %% ../nbs/03c_hub.ipynb #3ab3aa95
